@@ -44,6 +44,18 @@ def qcore_register_methods() -> list[type[QuantizationConfig]]:
     """
 
 
+@hookspec
+def qcore_presets() -> dict[str, dict[str, Any]]:
+    """Return named, ready-made configs of this plugin's methods.
+
+    Called once, when the plugin is registered. Presets are what ``qcore quantize
+    --preset NAME``, the demo and the benchmarks use; names are global, so prefix them
+    with the method ("bnb-nf4", "gptq-w4g128").
+
+    :returns: preset name -> ``quantization_config`` dict (with ``quant_method``).
+    """
+
+
 # =============================================================================
 # Before anything is allocated
 # =============================================================================

@@ -65,6 +65,7 @@ class PluginRegistry:
         self.methods: dict[str, type[QuantizationConfig]] = {}
         self.method_plugin: dict[str, str] = {}
         self.conflicts: dict[str, list[str]] = {}
+        self.presets: dict[str, dict[str, Any]] = {}
         self._callers: dict[tuple[str, str], Any] = {}
         if os.environ.get("QCORE_TRACE"):
             self.pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -95,6 +96,13 @@ class PluginRegistry:
                     )
             for cls in classes:
                 self._claim(cls, info)
+            presets = self._call_own(plugin, "qcore_presets") or {}
+            for preset, data in presets.items():
+                if preset in self.presets:
+                    raise PluginError(f"plugin {name!r}: preset {preset!r} is already defined by another plugin")
+                if data.get("quant_method") not in info.methods:
+                    raise PluginError(f"plugin {name!r}: preset {preset!r} is not for a method this plugin registers")
+                self.presets[preset] = dict(data)
         except Exception:
             self.pm.unregister(plugin)
             raise
@@ -129,6 +137,7 @@ class PluginRegistry:
         for method in info.methods:
             self.methods.pop(method, None)
             self.method_plugin.pop(method, None)
+        self.presets = {k: v for k, v in self.presets.items() if v.get("quant_method") not in info.methods}
         self._callers.clear()
 
     def load_entry_points(self) -> None:
@@ -249,6 +258,16 @@ def make_config(method: str, **kwargs: Any) -> QuantizationConfig:
     """``qcore.config("gptq", bits=4)``: build a method's config; misspelled keys are errors."""
     cls = registry().config_class(method)
     return cls.from_dict({"quant_method": method, **kwargs}, strict=True)
+
+
+def preset_config(preset: str) -> QuantizationConfig:
+    """The config of a named preset (see the qcore_presets hook)."""
+    presets = registry().presets
+    if preset not in presets:
+        close = difflib.get_close_matches(preset, sorted(presets), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown preset {preset!r}; {hint}available: {', '.join(sorted(presets)) or 'none'}")
+    return config_from_dict(presets[preset], strict=True)
 
 
 def config_from_dict(data: dict[str, Any], *, strict: bool = False) -> QuantizationConfig:

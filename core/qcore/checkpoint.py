@@ -1,0 +1,220 @@
+"""Reading safetensors checkpoints lazily, tensor by tensor, with the headers checked first.
+
+A checkpoint is a directory with ``model.safetensors`` or with
+``model.safetensors.index.json`` and its shards (or a single ``.safetensors`` file).
+Every shard's header is read and checked before any tensor is: header length,
+JSON, dtypes, shapes against byte ranges, ranges inside the file and not
+overlapping. Only then are tensors read, one at a time, shard by shard. Nothing
+is ever unpickled: ``pytorch_model.bin`` checkpoints are refused with a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qcore.errors import CheckpointError, CorruptCheckpointError, MissingShardError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "F64": (torch.float64, 8),
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8),
+    "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2),
+    "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1),
+    "BOOL": (torch.bool, 1),
+    "F8_E4M3": (torch.float8_e4m3fn, 1),
+    "F8_E5M2": (torch.float8_e5m2, 1),
+    "U16": (torch.uint16, 2),
+    "U32": (torch.uint32, 4),
+    "U64": (torch.uint64, 8),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: its shard file, dtype name, shape and byte range in the data section."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and check one safetensors file's header; returns (tensors, metadata)."""
+    hint = "the file is damaged; re-download or re-save the checkpoint"
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CorruptCheckpointError(f"{path}: truncated, only {size} bytes (no safetensors header); {hint}")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise CorruptCheckpointError(
+                f"{path}: header claims {length} bytes but the file has {size}: truncated or not safetensors; {hint}"
+            )
+        raw = fh.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(f"{path}: header is not valid JSON ({exc}); {hint}") from exc
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path}: header is not a JSON object; {hint}")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - length
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"{path}: malformed header entry for tensor {name!r}; {hint}") from exc
+        if dtype not in DTYPES:
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (0 <= begin <= end):
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape {shape} or offsets {begin, end}")
+        expected = math.prod(shape) * DTYPES[dtype][1]
+        if end - begin != expected:
+            raise CorruptCheckpointError(
+                f"{path}: tensor {name!r} of shape {list(shape)} {dtype} needs {expected} bytes but its offsets "
+                f"span {end - begin}; {hint}"
+            )
+        if end > data_size:
+            raise CorruptCheckpointError(
+                f"{path}: tensor {name!r} ends at byte {end} of a {data_size}-byte data section: the file is "
+                f"truncated; {hint}"
+            )
+        tensors[name] = TensorInfo(name, path, dtype, shape, begin, end)
+    spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.end > t.begin)
+    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        if begin_b < end_a:
+            raise CorruptCheckpointError(f"{path}: tensors {name_a!r} and {name_b!r} overlap; {hint}")
+    return tensors, metadata
+
+
+class Checkpoint:
+    """A safetensors checkpoint on disk: checked headers, config.json, lazy tensor reads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"checkpoint {self.path} does not exist")
+        self.directory = self.path if self.path.is_dir() else self.path.parent
+        self.shards = self._find_shards()
+        self.tensors: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        for shard in self.shards:
+            tensors, metadata = read_header(shard)
+            for name in tensors:
+                if name in self.tensors:
+                    raise CorruptCheckpointError(f"tensor {name!r} appears in both {self.tensors[name].file.name} and {shard.name}")
+            self.tensors.update(tensors)
+            self.metadata.update(metadata)
+        if self._index is not None:
+            for name, shard_name in self._index.items():
+                info = self.tensors.get(name)
+                if info is None or info.file.name != shard_name:
+                    raise CorruptCheckpointError(
+                        f"{INDEX_NAME} puts tensor {name!r} in {shard_name}, but that shard does not hold it; "
+                        "the index and shards come from different saves"
+                    )
+        self.config = self._read_json("config.json")
+        self._handles: dict[Path, Any] = {}
+
+    def _find_shards(self) -> list[Path]:
+        self._index: dict[str, str] | None = None
+        if self.path.is_file():
+            if self.path.suffix != ".safetensors":
+                raise CheckpointError(f"{self.path} is not a .safetensors file; qcore never unpickles .bin/.pt files")
+            return [self.path]
+        index_path = self.directory / INDEX_NAME
+        if index_path.exists():
+            index = self._read_json(INDEX_NAME)
+            weight_map = (index or {}).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CorruptCheckpointError(f"{index_path} has no 'weight_map' object")
+            self._index = weight_map
+            names = sorted(set(weight_map.values()))
+            missing = [n for n in names if not (self.directory / n).exists()]
+            if missing:
+                raise MissingShardError(
+                    f"{index_path} lists shard(s) {', '.join(missing)} that are not in {self.directory}; "
+                    "copy the missing files (or re-save the checkpoint)"
+                )
+            return [self.directory / n for n in names]
+        if (self.directory / SINGLE_NAME).exists():
+            return [self.directory / SINGLE_NAME]
+        found = sorted(self.directory.glob("*.safetensors"))
+        if found:
+            return found
+        pickled = sorted(p.name for p in self.directory.glob("*.bin")) + sorted(p.name for p in self.directory.glob("*.pt"))
+        extra = (
+            f" It has {', '.join(pickled)}: qcore never unpickles; convert it to safetensors first "
+            "(e.g. transformers' save_pretrained(safe_serialization=True))."
+            if pickled
+            else ""
+        )
+        raise CheckpointError(f"no safetensors file in {self.directory}.{extra}")
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        path = self.directory / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CorruptCheckpointError(f"{path} is not valid JSON ({exc})") from exc
+
+    @property
+    def quantization_config(self) -> dict[str, Any] | None:
+        return (self.config or {}).get("quantization_config")
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor into CPU memory."""
+        info = self.tensors[name]
+        handle = self._handles.get(info.file)
+        if handle is None:
+            from safetensors import safe_open
+
+            try:
+                handle = self._handles[info.file] = safe_open(str(info.file), framework="pt", device="cpu")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CorruptCheckpointError(f"{info.file}: cannot be opened as safetensors ({exc})") from exc
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:
+            raise CorruptCheckpointError(f"{info.file}: tensor {name!r} cannot be read ({exc})") from exc
+
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor, shard by shard, in file order; one tensor in memory at a time."""
+        for shard in self.shards:
+            for info in sorted((t for t in self.tensors.values() if t.file == shard), key=lambda t: t.begin):
+                yield info.name, self.read(info.name)
+            self._handles.pop(shard, None)
+
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())

@@ -37,8 +37,9 @@ def param_needs_quantization(module):
 @qcore.hookimpl
 def create_quantized_param(module_name, module, tensors, device, pre_quantized):
     if pre_quantized:
-        if "weight_scale" not in tensors:
-            raise CheckpointError(f"{module_name}: checkpoint has no 'weight_scale' for the int8 weight")
+        missing = {"weight", "weight_scale"} - tensors.keys()
+        if missing:
+            raise CheckpointError(f"{module_name}: checkpoint lacks {sorted(missing)} of this int8 module")
         q, scale = tensors["weight"], tensors["weight_scale"]
     else:
         q, scale = quantize_per_channel(tensors["weight"])

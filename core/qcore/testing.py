@@ -1,0 +1,209 @@
+"""The conformance suite every plugin's tests reuse.
+
+In a plugin's ``tests/test_conformance.py``::
+
+    from qcore.testing import PluginConformance
+
+    class TestConformance(PluginConformance):
+        preset = "example-int8"          # or override make_config()
+        max_relative_error = 0.05        # how far the quantized logits may drift from float
+
+pytest then runs every ``test_*`` below against the plugin, on a tiny random llama
+(needs transformers: ``pip install 'qcore[hf]'``). Methods that need calibration data
+override :meth:`PluginConformance.quantize_float_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+import qcore
+from qcore.checkpoint import Checkpoint
+from qcore.config import QuantizationConfig
+from qcore.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from qcore.modules import get_module
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| (Frobenius)."""
+    actual, expected = actual.detach().float(), expected.detach().float()
+    return float((actual - expected).norm() / expected.norm().clamp(min=1e-12))
+
+
+def rewrite_checkpoint(src: Path, dst: Path, edit: Any) -> Path:
+    """Copy a single-file checkpoint to ``dst`` with ``edit(tensors)`` applied to its tensor dict."""
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(src / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    return dst
+
+
+class PluginConformance:
+    """Reusable tests; subclass and set :attr:`preset` (or override :meth:`make_config`)."""
+
+    preset: ClassVar[str | None] = None
+    max_relative_error: ClassVar[float] = 0.1
+    model_overrides: ClassVar[dict[str, Any]] = {}
+
+    # --- what a plugin's subclass may override ---------------------------------------------
+    def make_config(self) -> QuantizationConfig:
+        if self.preset is None:
+            raise NotImplementedError("set `preset` or override make_config() in your conformance test class")
+        return qcore.plugins.preset_config(self.preset)
+
+    def quantize_float_checkpoint(self, float_dir: Path, config: QuantizationConfig) -> torch.nn.Module:
+        """Quantize the float checkpoint (on the fly by default)."""
+        return qcore.load_quantized(float_dir, quantization_config=config, progress=False)
+
+    # --- fixtures ----------------------------------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def workdir(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp(cls.__name__)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def float_model(cls, workdir: Path) -> tuple[torch.nn.Module, Path]:
+        from qcore.testdata import tiny_llama
+
+        model = tiny_llama(**cls.model_overrides)
+        model.save_pretrained(workdir / "float")
+        return model, workdir / "float"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def quantized(cls, float_model: tuple[torch.nn.Module, Path], workdir: Path) -> tuple[torch.nn.Module, Path]:
+        suite = cls()
+        model = suite.quantize_float_checkpoint(float_model[1], suite.make_config())
+        path = qcore.save_quantized(model, workdir / "quantized")
+        return model, path
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def tokens(cls) -> torch.Tensor:
+        return torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    # --- the tests ---------------------------------------------------------------------------
+    def test_config_round_trip(self) -> None:
+        config = self.make_config()
+        data = json.loads(json.dumps(config.to_dict()))
+        again = type(config).from_dict(data)
+        assert again == config
+        assert data["quant_method"] == config.quant_method
+
+    def test_misspelled_config_key_is_an_error(self) -> None:
+        config = self.make_config()
+        field = config.field_names()[0]
+        with pytest.raises(ConfigError, match="did you mean"):
+            qcore.config(config.quant_method, **{field + "x": 1})
+
+    def test_modules_are_converted_and_lm_head_kept(self, quantized: Any) -> None:
+        model, _ = quantized
+        assert model.qcore_modules, "no module was quantized"
+        assert "lm_head" not in model.qcore_modules
+        for name in model.qcore_modules:
+            assert type(get_module(model, name)) is not torch.nn.Linear, f"{name} is still a float nn.Linear"
+
+    def test_quantized_logits_close_to_float(self, float_model: Any, quantized: Any, tokens: torch.Tensor) -> None:
+        with torch.no_grad():
+            err = relative_error(quantized[0](tokens).logits, float_model[0](tokens).logits)
+        assert err < self.max_relative_error, f"relative logit error {err:.4f}"
+
+    def test_save_load_round_trip_is_exact(self, quantized: Any, tokens: torch.Tensor) -> None:
+        model, path = quantized
+        loaded = qcore.load_quantized(path, progress=False)
+        with torch.no_grad():
+            assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+        assert loaded.qcore_config == model.qcore_config
+
+    def test_saving_after_inference_gives_the_same_checkpoint(self, quantized: Any, tokens: torch.Tensor, workdir: Path) -> None:
+        from safetensors.torch import load_file
+
+        model, path = quantized
+        with torch.no_grad():
+            model(tokens)
+        again = qcore.save_quantized(model, workdir / "after-inference", overwrite=True)
+        before, after = load_file(str(path / "model.safetensors")), load_file(str(again / "model.safetensors"))
+        assert before.keys() == after.keys()
+        for name in before:
+            assert torch.equal(before[name], after[name]), f"{name} changed after inference"
+
+    def test_streaming_one_tensor_per_shard(self, quantized: Any, tokens: torch.Tensor, workdir: Path) -> None:
+        """Every tensor in its own shard: a module's companion tensors are spread over several files."""
+        model, _ = quantized
+        path = qcore.save_quantized(model, workdir / "sharded", max_shard_size=1, overwrite=True)
+        ckpt = Checkpoint(path)
+        assert len(ckpt.shards) == len(ckpt.tensors) > 1
+        loaded = qcore.load_quantized(path, progress=False)
+        with torch.no_grad():
+            assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+
+    def test_skeleton_stays_on_meta(self, float_model: Any) -> None:
+        from accelerate import init_empty_weights
+
+        from qcore.plugins import registry
+        from qcore.targeting import select_modules
+
+        config = self.make_config()
+        with init_empty_weights():
+            skeleton = type(float_model[0])(float_model[0].config)
+        modules = select_modules(skeleton, config)
+        registry().hook(config).process_before_weight_loading(model=skeleton, config=config, modules=modules, pre_quantized=True)
+        for name in modules:
+            for tname, t in list(get_module(skeleton, name).named_parameters()) + list(get_module(skeleton, name).named_buffers()):
+                assert t.device.type == "meta", f"{name}.{tname} was allocated on {t.device} before loading"
+
+    def test_dequantize_close_to_float_weights(self, float_model: Any, workdir: Path) -> None:
+        model = self.quantize_float_checkpoint(float_model[1], self.make_config())
+        names = list(model.qcore_modules)
+        qcore.dequantize(model)
+        for name in names:
+            restored = get_module(model, name)
+            assert isinstance(restored, torch.nn.Linear)
+            err = relative_error(restored.weight, get_module(float_model[0], name).weight)
+            assert err < self.max_relative_error, f"{name}: dequantized weight relative error {err:.4f}"
+
+    def test_truncated_shard_is_reported(self, quantized: Any, workdir: Path) -> None:
+        _, path = quantized
+        broken = workdir / "truncated"
+        broken.mkdir(exist_ok=True)
+        data = (path / "model.safetensors").read_bytes()
+        (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+        (broken / "config.json").write_text((path / "config.json").read_text())
+        with pytest.raises(CorruptCheckpointError, match="truncated"):
+            qcore.load_quantized(broken, progress=False)
+
+    def test_lying_header_is_reported(self, quantized: Any, workdir: Path) -> None:
+        _, path = quantized
+        data = bytearray((path / "model.safetensors").read_bytes())
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        name = next(k for k in header if k != "__metadata__")
+        begin, end = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [begin, end + 1]
+        raw = json.dumps(header).encode().ljust(length)
+        broken = workdir / "lying"
+        broken.mkdir(exist_ok=True)
+        (broken / "model.safetensors").write_bytes(data[:8] + raw[:length] + data[8 + length :])
+        (broken / "config.json").write_text((path / "config.json").read_text())
+        with pytest.raises(CorruptCheckpointError):
+            qcore.load_quantized(broken, progress=False)
+
+    def test_missing_companion_tensor_names_the_module(self, quantized: Any, workdir: Path) -> None:
+        model, path = quantized
+        module_name = next(iter(model.qcore_modules))
+        keys = sorted(k for k in Checkpoint(path).tensors if k.startswith(module_name + ".") and not k.endswith(".bias"))
+        victim = keys[-1]
+        broken = rewrite_checkpoint(path, workdir / "missing", lambda t: t.pop(victim))
+        with pytest.raises(CheckpointError, match=module_name.replace(".", r"\.")):
+            qcore.load_quantized(broken, progress=False)

@@ -102,9 +102,12 @@ class PluginRegistry:
                     raise PluginError(f"plugin {name!r}: preset {preset!r} is already defined by another plugin")
                 if data.get("quant_method") not in info.methods:
                     raise PluginError(f"plugin {name!r}: preset {preset!r} is not for a method this plugin registers")
-                self.presets[preset] = dict(data)
+            self.presets.update({preset: dict(data) for preset, data in presets.items()})
         except Exception:
             self.pm.unregister(plugin)
+            for method in info.methods:
+                self.methods.pop(method, None)
+                self.method_plugin.pop(method, None)
             raise
         self.plugins[name] = info
         self._callers.clear()

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from throwaway import TinyLinear, TinyPlugin
 
 import qcore
-from qcore.errors import ConfigError, MissingKeysError, MethodNotInstalledError, TensorMismatchError
+from qcore.errors import ConfigError, MethodNotInstalledError, MissingKeysError, TensorMismatchError
 from qcore.plugins import registry
 
 

@@ -55,6 +55,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     begin: int
     end: int
+    data_start: int  # file offset of the data section (8 + header length)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -108,7 +109,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 f"{path}: tensor {name!r} ends at byte {end} of a {data_size}-byte data section: the file is "
                 f"truncated; {hint}"
             )
-        tensors[name] = TensorInfo(name, path, dtype, shape, begin, end)
+        tensors[name] = TensorInfo(name, path, dtype, shape, begin, end, 8 + length)
     spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.end > t.begin)
     for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
         if begin_b < end_a:
@@ -143,7 +144,6 @@ class Checkpoint:
                         "the index and shards come from different saves"
                     )
         self.config = self._read_json("config.json")
-        self._handles: dict[Path, Any] = {}
 
     def _find_shards(self) -> list[Path]:
         self._index: dict[str, str] | None = None
@@ -194,27 +194,21 @@ class Checkpoint:
         return (self.config or {}).get("quantization_config")
 
     def read(self, name: str) -> torch.Tensor:
-        """Read one tensor into CPU memory."""
+        """Read one tensor into a fresh CPU tensor (one read, no memory map kept alive)."""
         info = self.tensors[name]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            from safetensors import safe_open
-
-            try:
-                handle = self._handles[info.file] = safe_open(str(info.file), framework="pt", device="cpu")
-            except Exception as exc:  # safetensors raises its own error types
-                raise CorruptCheckpointError(f"{info.file}: cannot be opened as safetensors ({exc})") from exc
-        try:
-            return handle.get_tensor(name)
-        except Exception as exc:
-            raise CorruptCheckpointError(f"{info.file}: tensor {name!r} cannot be read ({exc})") from exc
+        out = torch.empty(info.nbytes, dtype=torch.uint8)
+        with open(info.file, "rb") as fh:
+            fh.seek(info.data_start + info.begin)
+            got = fh.readinto(memoryview(out.numpy())) if info.nbytes else 0
+        if got != info.nbytes:
+            raise CorruptCheckpointError(f"{info.file}: tensor {name!r} is cut short (file changed while reading?)")
+        return out.view(info.torch_dtype).reshape(info.shape)
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor, shard by shard, in file order; one tensor in memory at a time."""
         for shard in self.shards:
             for info in sorted((t for t in self.tensors.values() if t.file == shard), key=lambda t: t.begin):
                 yield info.name, self.read(info.name)
-            self._handles.pop(shard, None)
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,25 @@ from qcore.plugins import config_from_dict, preset_config, registry
 from qcore.targeting import select_modules
 
 ModelSource = nn.Module | Callable[[], nn.Module] | None
+
+
+@functools.cache
+def _return_large_frees_to_the_os() -> None:
+    """Pin glibc's mmap threshold at 1 MiB (once per process, Linux/glibc only).
+
+    glibc raises the threshold after each large free, so the many tensor-sized buffers
+    of a streaming load end up on the heap and are never given back: RSS grows to the
+    float model's size although only one float tensor is alive at a time. With a fixed
+    threshold every tensor-sized buffer is its own mapping and returns to the OS on free.
+    """
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+            pass
 
 
 def resolve_config(
@@ -117,6 +137,7 @@ def load_quantized(
     """
     from qcore.config import parse_dtype
 
+    _return_large_frees_to_the_os()
     ckpt = Checkpoint(checkpoint)
     config, pre_quantized = resolve_config(ckpt.quantization_config, quantization_config)
     torch_dtype = parse_dtype(torch_dtype, "torch_dtype")

@@ -1,0 +1,52 @@
+"""Peak memory while loading: the quantized model plus about one float tensor, never the float model.
+
+Measured in a fresh subprocess (VmHWM from /proc, relative to the RSS just before loading).
+"""
+
+import json
+import sys
+
+import pytest
+from conftest import run_python
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux)")
+
+LAYERS, WIDTH = 24, 2048  # 24 x 2048x2048 float32 = 403 MB of float weights; int8: 101 MB
+
+CODE = f"""
+import json, torch
+from torch import nn
+from safetensors.torch import save_file
+import qcore
+
+def rss(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+def factory():
+    return nn.Sequential(*[nn.Linear({WIDTH}, {WIDTH}, bias=False) for _ in range({LAYERS})])
+
+path = r"{{path}}"
+for i in range({LAYERS}):  # written shard by shard, never all in memory
+    save_file({{f"{{i}}.weight": torch.randn({WIDTH}, {WIDTH})}}, f"{{path}}/model-{{i:05d}}.safetensors")
+cfg = qcore.config("example_int8", modules_to_not_convert=[])
+torch.randn(8)  # warm up the allocator and torch's lazy imports before the baseline
+baseline = rss("VmRSS")
+model = qcore.load_quantized(path, cfg, model=factory, progress=False)
+print(json.dumps({{"peak": rss("VmHWM") - baseline, "modules": len(model.qcore_modules)}}))
+"""
+
+
+def test_on_the_fly_load_never_holds_the_float_model(tmp_path):
+    result = run_python(CODE.replace("{path}", str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    float_bytes = LAYERS * WIDTH * WIDTH * 4
+    int8_bytes = float_bytes // 4
+    one_float_tensor = WIDTH * WIDTH * 4
+    assert report["modules"] == LAYERS
+    # int8 model + a float tensor and its quantization temporaries (float copy, scale math) + slack
+    assert report["peak"] < int8_bytes + 4 * one_float_tensor + 32 * 2**20, report
+    assert report["peak"] < float_bytes / 2, report
+    print(f"peak {report['peak'] / 2**20:.0f} MiB for {float_bytes / 2**20:.0f} MiB float, {int8_bytes / 2**20:.0f} MiB int8")

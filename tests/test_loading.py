@@ -161,3 +161,15 @@ def test_in_memory_quantize_and_dequantize(tiny_model, tokens):
     assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear
     with torch.no_grad():
         assert torch.allclose(model(tokens).logits, quantized_logits, atol=1e-5)
+
+
+def test_is_trainable_asks_the_plugin(float_dir):
+    class Trainable:
+        @qcore.hookimpl
+        def is_trainable(self):
+            return True
+
+    model = qcore.load_quantized(float_dir, "example-int8", progress=False)
+    assert qcore.is_trainable(model) is False  # the example plugin does not implement the hook
+    registry().register(Trainable(), "trainable-observer")
+    assert qcore.is_trainable(model) is True

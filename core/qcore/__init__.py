@@ -22,6 +22,7 @@ __all__ = [
     "config",
     "dequantize",
     "hookimpl",
+    "is_trainable",
     "load_quantized",
     "quantize",
     "registry",
@@ -53,7 +54,14 @@ def dequantize(*args: Any, **kwargs: Any) -> Any:
     return _dequantize(*args, **kwargs)
 
 
+def is_trainable(*args: Any, **kwargs: Any) -> Any:
+    from qcore.loading import is_trainable as _is_trainable
+
+    return _is_trainable(*args, **kwargs)
+
+
 load_quantized.__doc__ = "See qcore.loading.load_quantized."
 save_quantized.__doc__ = "See qcore.saving.save_quantized."
 quantize.__doc__ = "See qcore.calibration.quantize."
 dequantize.__doc__ = "See qcore.loading.dequantize."
+is_trainable.__doc__ = "See qcore.loading.is_trainable."

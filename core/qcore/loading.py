@@ -349,3 +349,11 @@ def dequantize(model: nn.Module) -> nn.Module:
     model.qcore_config = None
     model.qcore_modules = {}
     return model
+
+
+def is_trainable(model: nn.Module) -> bool:
+    """True when adapters (LoRA) can be trained on top of this quantized model (the is_trainable hook)."""
+    config = getattr(model, "qcore_config", None)
+    if config is None:
+        return True  # a float model trains
+    return bool(registry().hook(config).is_trainable(config=config))

@@ -146,6 +146,8 @@ def _config_dict(model: nn.Module, config: dict[str, Any] | None) -> dict[str, A
     if hf_config is not None and hasattr(hf_config, "to_dict"):
         data = hf_config.to_dict()
         data.pop("quantization_config", None)
+        if not data.get("architectures"):
+            data["architectures"] = [type(model).__name__]  # as save_pretrained does
         return data
     return {}
 

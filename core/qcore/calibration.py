@@ -1,0 +1,250 @@
+"""quantize(): the layer-by-layer calibration driver for methods that need data (GPTQ, AWQ).
+
+1. Calibration windows: the text is tokenized once and ``nsamples`` windows of ``seqlen``
+   tokens are drawn at seeded random offsets (as the GPTQ reference code samples C4).
+2. The inputs of the first decoder block (hidden states and the keyword arguments the
+   model passes it: attention mask, position embeddings...) are captured once, by
+   running the model up to that block.
+3. Block by block: forward hooks on the block's targeted linears feed
+   ``calibration_add_batch``; the plugin's ``quantize_calibrated`` returns each quantized
+   module, which is swapped in; the block's outputs, recomputed with the quantized
+   block, become the next block's inputs. With ``true_sequential`` the linears are
+   processed in groups in execution order (those reading the same input together:
+   q/k/v, then o, then gate/up, then down), re-running the block between groups.
+
+Decoder blocks are found generically: the longest ``nn.ModuleList`` in the model
+(``model.model.layers`` for llama-like models). Only the block being calibrated needs
+to be on the compute device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcore.config import QuantizationConfig
+from qcore.errors import CalibrationError, QcoreError
+from qcore.loading import quantize_weights
+from qcore.modules import get_module, replace_module
+from qcore.plugins import preset_config, registry
+from qcore.targeting import select_modules
+
+CalibrationData = str | Path | Sequence[str] | Sequence[torch.Tensor] | torch.Tensor
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to stop the model at the first block."""
+
+
+def calibration_windows(
+    calibration: CalibrationData, tokenizer: Any, nsamples: int, seqlen: int, seed: int = 0
+) -> list[torch.Tensor]:
+    """``nsamples`` token windows of shape ``(1, seqlen)`` drawn from the calibration data.
+
+    :param calibration: a text (``str``), a text file (``pathlib.Path``), a list of texts
+        (joined by blank lines), or already tokenized ids (a ``(n, seqlen)`` tensor or a list of 1-D/2-D tensors,
+        used as they are).
+    :raises CalibrationError: when the text has fewer than ``seqlen + 1`` tokens.
+    """
+    if isinstance(calibration, torch.Tensor):
+        return [row.unsqueeze(0) for row in calibration.reshape(-1, calibration.shape[-1])]
+    if isinstance(calibration, Sequence) and not isinstance(calibration, str) and calibration and isinstance(calibration[0], torch.Tensor):
+        return [t.reshape(1, -1) for t in calibration]
+    if isinstance(calibration, Path):
+        if not calibration.is_file():
+            raise CalibrationError(f"calibration file {calibration} does not exist")
+        text = calibration.read_text(encoding="utf-8")
+    elif isinstance(calibration, str):
+        text = calibration
+    else:
+        text = "\n\n".join(calibration)
+    if tokenizer is None:
+        raise CalibrationError("calibration text needs a tokenizer (pass tokenizer=, or pass token ids)")
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if ids.numel() < seqlen + 1:
+        raise CalibrationError(
+            f"calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen} + 1; give more text or a smaller seqlen"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=generator)
+    return [ids[s : s + seqlen].unsqueeze(0) for s in starts.tolist()]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder blocks: the longest nn.ModuleList in the model, with its name."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise QcoreError("found no nn.ModuleList of decoder blocks in the model; calibration needs a block-structured model")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def _capture_first_block_inputs(model: nn.Module, block: nn.Module, windows: list[torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    inputs: list[torch.Tensor] = []
+    kwargs_list: list[dict[str, Any]] = []
+
+    def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.append(hidden.detach())
+        kwargs_list.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for window in windows:
+                try:
+                    model(window.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    if len(inputs) != len(windows):
+        raise QcoreError("the model never reached its first decoder block during calibration")
+    return inputs, kwargs_list
+
+
+def _run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs_list: list[dict[str, Any]]) -> list[torch.Tensor]:
+    outputs = []
+    with torch.no_grad():
+        for hidden, kwargs in zip(inputs, kwargs_list, strict=True):
+            out = block(hidden, **kwargs)
+            outputs.append(out[0] if isinstance(out, tuple | list) else out)
+    return outputs
+
+
+def _sequential_groups(block: nn.Module, names: dict[str, str], inputs: list[torch.Tensor], kwargs_list: list[dict[str, Any]]) -> list[list[str]]:
+    """Targeted linears grouped in execution order; linears reading the same input share a group."""
+    order: list[tuple[str, int]] = []
+    handles = []
+    for local, full in names.items():
+        def record(_m: nn.Module, args: tuple, _full: str = full) -> None:
+            if all(n != _full for n, _ in order):
+                order.append((_full, args[0].data_ptr()))
+        handles.append(get_module(block, local).register_forward_pre_hook(record))
+    try:
+        _run_block(block, inputs[:1], kwargs_list[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    last_ptr = None
+    for full, ptr in order:
+        if groups and ptr == last_ptr:
+            groups[-1].append(full)
+        else:
+            groups.append([full])
+        last_ptr = ptr
+    unseen = [full for full in names.values() if all(full != n for n, _ in order)]
+    if unseen:
+        raise QcoreError(f"linears {', '.join(unseen)} never ran during calibration; leave them out with modules_to_not_convert")
+    return groups
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantizationConfig | str,
+    calibration: CalibrationData | None = None,
+    tokenizer: Any = None,
+    *,
+    nsamples: int = 128,
+    seqlen: int = 512,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Quantize an in-memory float model in place and return it.
+
+    Methods without calibration (``requires_calibration = False``) are converted module by
+    module; the others run the layer-by-layer driver described in this module's docstring.
+
+    :param model: a float model (e.g. from ``qcore.load_quantized(float_dir)``).
+    :param config: the method's config, or a preset name.
+    :param calibration: a text (str), a text file (pathlib.Path), a list of texts, or token ids.
+    :param tokenizer: turns calibration text into ids (a transformers tokenizer).
+    :param nsamples: number of calibration windows.
+    :param seqlen: tokens per window.
+    :param seed: seed of the window offsets.
+    :param device: where each block is calibrated (default: where the model is).
+    :param progress: show a progress bar over blocks.
+    """
+    if isinstance(config, str):
+        config = preset_config(config)
+    if not type(config).requires_calibration:
+        return quantize_weights(model, config, device)
+    if calibration is None:
+        raise CalibrationError(f"method {config.quant_method!r} needs calibration data: pass calibration= (texts or a file)")
+    from tqdm.auto import tqdm
+
+    hooks = registry().hook(config)
+    hooks.validate_environment(config=config, device_map=device)
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    modules = select_modules(model, config)
+    windows = calibration_windows(calibration, tokenizer, nsamples, seqlen, seed)
+    blocks_name, blocks = find_blocks(model)
+    # everything but the blocks (embeddings, rotary tables) runs on the device for the capture
+    outside = [m for m in model.modules() if m is not model and not any(m is b or m is blocks for b in blocks) and not list(m.children())]
+    outside = [m for m in outside if not any(m is x for b in blocks for x in b.modules())]
+    for m in outside:
+        m.to(device)
+    blocks[0].to(device)
+    try:
+        inputs, kwargs_list = _capture_first_block_inputs(model, blocks[0], windows, device)
+    finally:
+        blocks[0].to(home)
+    done: dict[str, QuantizationConfig] = {}
+    bar = tqdm(total=len(blocks), desc=f"{config.quant_method} calibration", unit="block", disable=not progress)
+    for index, block in enumerate(blocks):
+        block.to(device)
+        prefix = f"{blocks_name}.{index}."
+        names = {n[len(prefix):]: n for n in modules if n.startswith(prefix)}
+        if getattr(config, "true_sequential", False):
+            groups = _sequential_groups(block, names, inputs, kwargs_list)
+        else:
+            groups = [list(names.values())]
+        for group in groups:
+            _calibrate_group(model, block, group, modules, inputs, kwargs_list, hooks)
+            done.update({n: modules[n] for n in group})
+            bar.set_postfix_str(f"{len(done)}/{len(modules)} linears")
+        inputs = _run_block(block, inputs, kwargs_list)
+        block.to(home)
+        bar.update(1)
+    bar.close()
+    leftover = sorted(set(modules) - set(done))
+    if leftover:
+        raise QcoreError(f"modules {', '.join(leftover[:5])} are outside the decoder blocks; calibration covers blocks only")
+    for m in outside:
+        m.to(home)
+    hooks.process_after_weight_loading(model=model, config=config)
+    model.qcore_config = config
+    model.qcore_modules = modules
+    return model
+
+
+def _calibrate_group(model: nn.Module, block: nn.Module, group: list[str], modules: dict[str, QuantizationConfig],
+                     inputs: list[torch.Tensor], kwargs_list: list[dict[str, Any]], hooks: Any) -> None:
+    states: dict[str, Any] = {}
+    handles = []
+    for full in group:
+        module = get_module(model, full)
+        states[full] = hooks.calibration_init(module_name=full, module=module, config=modules[full])
+
+        def observe(mod: nn.Module, args: tuple, output: torch.Tensor, _full: str = full) -> None:
+            hooks.calibration_add_batch(module_name=_full, module=mod, state=states[_full], inputs=args[0].detach(),
+                                        output=output.detach(), config=modules[_full])
+
+        handles.append(module.register_forward_hook(observe))
+    try:
+        _run_block(block, inputs, kwargs_list)
+    finally:
+        for h in handles:
+            h.remove()
+    for full in group:
+        new = hooks.quantize_calibrated(module_name=full, module=get_module(model, full), state=states.pop(full), config=modules[full])
+        if new is None:
+            raise QcoreError(f"no plugin quantized {full!r} (quantize_calibrated returned None)")
+        replace_module(model, full, new)

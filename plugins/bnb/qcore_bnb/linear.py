@@ -1,0 +1,87 @@
+"""The modules that replace nn.Linear: 4-bit (NF4/FP4) and LLM.int8.
+
+Stored tensors are never modified after loading (bitsandbytes' CPU path rewrites absmax
+in place on the first forward; here a forward only reads), so saving after inference
+writes the same checkpoint as saving before it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels
+from .format import QuantState4bit
+
+
+class Linear4bit(nn.Module):
+    """y = x @ dequantize(W).T + b, W in 4-bit blocks; gradients flow to x (QLoRA)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype, device: str = "meta") -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.compute_dtype = in_features, out_features, compute_dtype
+        n = in_features * out_features
+        self.register_buffer("weight", torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=device))
+        self.register_buffer("absmax", torch.empty(-(-n // 64), dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
+        self.state: QuantState4bit | None = None
+        self.table: torch.Tensor | None = None
+
+    def set_state(self, packed: torch.Tensor, state: QuantState4bit) -> None:
+        self.weight, self.state = packed, state
+        self.absmax = self._float_absmax()
+        self.table = kernels.byte_pair_table(state.quant_map)
+
+    def _float_absmax(self) -> torch.Tensor:
+        """Per-block float32 absmax, decoding the nested (double-quantized) statistics if any."""
+        s = self.state
+        if not s.nested:
+            return s.absmax.float()
+        decoded = kernels.dequantize_blockwise_8bit(s.absmax, s.nested_absmax, s.nested_quant_map, s.nested_blocksize)
+        return decoded + torch.tensor(s.nested_offset, dtype=torch.float32)
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        s = self.state
+        return kernels.dequantize_4bit(self.weight, self.absmax, s.blocksize, s.shape, s.quant_map,
+                                       dtype or self.compute_dtype, table=self.table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = x.dtype
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        y = nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
+        return y.to(out_dtype)
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight, **self.state.tensors()}
+        if self.bias is not None:
+            out["bias"] = self.bias.data
+        return out
+
+    def extra_repr(self) -> str:
+        kind = self.state.quant_type if self.state else "?"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}, compute={self.compute_dtype}"
+
+
+class Linear8bitLt(nn.Module):
+    """LLM.int8: int8 row-wise weights, int8 activations, outlier input columns in float."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, threshold: float, device: str = "meta") -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.threshold = in_features, out_features, threshold
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("SCB", torch.empty(out_features, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.int8_dequantize(self.weight, self.SCB, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # training adapters: dequantize, let autograd see x
+            return nn.functional.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return kernels.int8_mixed_matmul(x, self.weight, self.SCB, self.threshold, self.bias)
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight, "SCB": self.SCB, "weight_format": torch.tensor(0, dtype=torch.uint8)}
+        if self.bias is not None:
+            out["bias"] = self.bias.data
+        return out

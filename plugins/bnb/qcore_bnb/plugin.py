@@ -1,0 +1,141 @@
+"""Hook implementations of qcore-plugin-bnb."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import qcore
+from qcore.errors import CheckpointError, TensorMismatchError
+from qcore.modules import replace_module
+
+from .config import BnbConfig
+from .format import QuantState4bit, checkpoint_kind, read_quant_state
+from .linear import Linear4bit, Linear8bitLt
+
+BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256
+
+
+@qcore.hookimpl
+def qcore_register_methods():
+    return [BnbConfig]
+
+
+@qcore.hookimpl
+def qcore_presets():
+    return {
+        "bnb-nf4": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                    "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"},
+        "bnb-fp4": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+                    "bnb_4bit_compute_dtype": "float32"},
+        "bnb-int8": {"quant_method": "bitsandbytes", "load_in_8bit": True},
+    }
+
+
+@qcore.hookimpl
+def process_before_weight_loading(model, modules):
+    for name, cfg in modules.items():
+        linear = model.get_submodule(name)
+        bias = linear.bias is not None
+        if cfg.load_in_4bit:
+            new = Linear4bit(linear.in_features, linear.out_features, bias, cfg.compute_dtype)
+        else:
+            new = Linear8bitLt(linear.in_features, linear.out_features, bias, cfg.llm_int8_threshold)
+        replace_module(model, name, new)
+
+
+@qcore.hookimpl
+def param_needs_quantization(module):
+    return isinstance(module, Linear4bit | Linear8bitLt)
+
+
+@qcore.hookimpl
+def create_quantized_param(module_name, module, tensors, config, device, pre_quantized):
+    kind = checkpoint_kind(module_name, tensors) if pre_quantized else "float"
+    if "weight" not in tensors:
+        raise CheckpointError(f"{module_name}: checkpoint has no 'weight' for this layer")
+    expected = "4bit" if isinstance(module, Linear4bit) else "8bit"
+    if pre_quantized and kind != expected:
+        raise CheckpointError(
+            f"{module_name}: the config says {expected} but the checkpoint holds {kind} tensors for this layer"
+        )
+    if isinstance(module, Linear4bit):
+        _fill_4bit(module_name, module, tensors, config, pre_quantized)
+    else:
+        _fill_8bit(module_name, module, tensors, pre_quantized)
+    if module.bias is not None:
+        if "bias" not in tensors:
+            raise CheckpointError(f"{module_name}: checkpoint has no 'bias' for this layer")
+        module.bias = nn.Parameter(tensors["bias"].to(module.compute_dtype if isinstance(module, Linear4bit) else tensors["bias"].dtype),
+                                   requires_grad=False)
+    module.to(device)
+    return True
+
+
+def _check_float_weight(module_name: str, module: nn.Module, weight: torch.Tensor) -> None:
+    if tuple(weight.shape) != (module.out_features, module.in_features) or not weight.dtype.is_floating_point:
+        raise TensorMismatchError(
+            f"{module_name}: float weight is {weight.dtype} {list(weight.shape)}, expected "
+            f"[{module.out_features}, {module.in_features}] floating point"
+        )
+
+
+def _fill_4bit(module_name: str, module: Linear4bit, tensors: dict, config: BnbConfig, pre_quantized: bool) -> None:
+    from . import kernels
+
+    if pre_quantized:
+        state = read_quant_state(module_name, tensors, module.out_features, module.in_features)
+        packed = tensors["weight"]
+    else:
+        weight = tensors["weight"]
+        _check_float_weight(module_name, module, weight)
+        quant_type = config.bnb_4bit_quant_type
+        packed, absmax = kernels.quantize_4bit(weight, BLOCKSIZE, quant_type)
+        state = QuantState4bit(quant_type, BLOCKSIZE, str(weight.dtype).removeprefix("torch."), tuple(weight.shape),
+                               absmax, kernels.code_4bit(quant_type))
+        if config.bnb_4bit_use_double_quant:
+            offset = absmax.mean()
+            state.absmax, state.nested_absmax = kernels.quantize_blockwise_8bit(absmax - offset, NESTED_BLOCKSIZE)
+            state.nested_quant_map = kernels.dynamic_map_signed().clone()
+            state.nested_blocksize, state.nested_dtype, state.nested_offset = NESTED_BLOCKSIZE, "float32", offset.item()
+        if config.storage_dtype != torch.uint8:
+            packed = packed.reshape(-1).view(config.storage_dtype).unsqueeze(1)
+    module.set_state(packed, state)
+
+
+def _fill_8bit(module_name: str, module: Linear8bitLt, tensors: dict, pre_quantized: bool) -> None:
+    from . import kernels
+
+    if pre_quantized:
+        if "SCB" not in tensors:
+            raise CheckpointError(f"{module_name}: 8-bit checkpoint lacks 'SCB' (the row scales)")
+        q, scb = tensors["weight"], tensors["SCB"].float()
+        if q.dtype != torch.int8 or tuple(q.shape) != (module.out_features, module.in_features) or scb.shape != (module.out_features,):
+            raise CheckpointError(
+                f"{module_name}: 8-bit weight {q.dtype} {list(q.shape)} / SCB {list(scb.shape)} do not fit the layer "
+                f"({module.out_features}, {module.in_features})"
+            )
+    else:
+        _check_float_weight(module_name, module, tensors["weight"])
+        q, scb = kernels.int8_rowwise_quantize(tensors["weight"])
+    module.weight, module.SCB = q, scb
+
+
+@qcore.hookimpl
+def module_state_dict(module):
+    return module.checkpoint_tensors()
+
+
+@qcore.hookimpl
+def dequantize(module):
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    linear.weight = nn.Parameter(module.dequantized_weight(torch.float32), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.data.float(), requires_grad=False)
+    return linear
+
+
+@qcore.hookimpl
+def is_trainable():
+    return True

@@ -111,7 +111,7 @@ def test_model_factory_skeleton_without_config_json(tiny_model, tmp_path, tokens
 
 
 def test_core_works_without_transformers(tmp_path):
-    from conftest import run_python
+    from core_helpers import run_python
 
     code = f"""
 import sys

@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from conftest import run_python
+from core_helpers import run_python
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux)")
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import make_dist, run_python
+from core_helpers import make_dist, run_python
 from throwaway import Observer, OtherPlugin, TinyConfig, TinyPlugin
 
 import qcore

@@ -85,7 +85,8 @@ class QuantizationConfig:
         names = set(cls.field_names())
         unknown = {k: v for k, v in data.items() if k not in names}
         if strict:
-            _check_keys(cls, unknown, where=f"{cls.quant_method!r} config")
+            foreign = {k: v for k, v in unknown.items() if k not in cls.known_foreign_keys}
+            _check_keys(cls, foreign, where=f"{cls.quant_method!r} config")
         extra = {}
         for key, value in unknown.items():
             if key not in cls.known_foreign_keys:

@@ -16,6 +16,7 @@ override :meth:`PluginConformance.quantize_float_checkpoint`.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any, ClassVar
@@ -202,8 +203,10 @@ class PluginConformance:
     def test_missing_companion_tensor_names_the_module(self, quantized: Any, workdir: Path) -> None:
         model, path = quantized
         module_name = next(iter(model.qcore_modules))
-        keys = sorted(k for k in Checkpoint(path).tensors if k.startswith(module_name + ".") and not k.endswith(".bias"))
-        victim = keys[-1]
+        ckpt = Checkpoint(path)
+        companions = [k for k in ckpt.tensors if k.startswith(module_name + ".") and k[len(module_name) + 1 :] not in ("weight", "bias")]
+        assert companions, f"{module_name} has no companion tensors to remove"
+        victim = max(companions, key=lambda k: (math.prod(ckpt.tensors[k].shape), k))  # the largest: surely essential
         broken = rewrite_checkpoint(path, workdir / "missing", lambda t: t.pop(victim))
         with pytest.raises(CheckpointError, match=module_name.replace(".", r"\.")):
             qcore.load_quantized(broken, progress=False)

@@ -39,7 +39,8 @@ class BnbConfig(QuantizationConfig):
             raise ConfigError("set load_in_4bit=True (NF4/FP4) or load_in_8bit=True (LLM.int8)")
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
-        self.bnb_4bit_compute_dtype = parse_dtype(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype")
+        # transformers writes the default compute dtype as "float32"; hold it explicitly so configs round-trip
+        self.bnb_4bit_compute_dtype = parse_dtype(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype") or torch.float32
         storage = parse_dtype(self.bnb_4bit_quant_storage, "bnb_4bit_quant_storage")
         if str(storage).removeprefix("torch.") not in STORAGE_DTYPES:
             raise ConfigError(f"bnb_4bit_quant_storage must be one of {STORAGE_DTYPES}, got {self.bnb_4bit_quant_storage!r}")
@@ -57,7 +58,7 @@ class BnbConfig(QuantizationConfig):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.bnb_4bit_compute_dtype or torch.float32
+        return self.bnb_4bit_compute_dtype
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -65,6 +66,5 @@ class BnbConfig(QuantizationConfig):
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        data["bnb_4bit_compute_dtype"] = str(self.compute_dtype).removeprefix("torch.")
         data["_load_in_4bit"], data["_load_in_8bit"] = self.load_in_4bit, self.load_in_8bit
         return data

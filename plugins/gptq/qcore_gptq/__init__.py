@@ -1,0 +1,1 @@
+"""qcore-plugin-gptq: GPTQ quantization (with calibration) and GPTQ checkpoints in and out."""

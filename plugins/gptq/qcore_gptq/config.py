@@ -1,0 +1,55 @@
+"""GPTQConfig-compatible config (``quant_method: "gptq"``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qcore.config import QuantizationConfig
+from qcore.errors import ConfigError
+
+FORMATS = ("gptq", "gptq_v2")
+
+
+@dataclass
+class GPTQConfig(QuantizationConfig):
+    """The keys transformers/optimum/gptqmodel write for GPTQ, same names and defaults.
+
+    ``checkpoint_format``: "gptq" (v1: zero points stored minus one, the format every
+    loader reads) or "gptq_v2" (zero points stored as they are).
+    """
+
+    quant_method = "gptq"
+    requires_calibration = True
+    # keys other GPTQ tools write into quantization_config that do not change the tensors
+    known_foreign_keys = frozenset({
+        "tokenizer", "dataset", "use_exllama", "exllama_config", "max_input_length", "cache_block_outputs",
+        "model_seqlen", "block_name_to_quantize", "module_name_preceding_first_block", "batch_size",
+        "pad_token_id", "use_cuda_fp16", "modules_in_block_to_quantize", "backend", "meta", "model_name_or_path",
+        "model_file_base_name", "quantizer", "pack_dtype", "damp_auto_increment", "mse", "v2", "v2_alpha",
+        "act_group_aware", "format", "lm_head", "is_marlin_format", "dynamic", "hyb_act", "quant_method_version",
+        "mock_quantization", "fail_safe", "offload_to_disk", "offload_to_disk_path", "rotation", "adapter",
+    })
+
+    bits: int = 4
+    group_size: int = 128
+    damp_percent: float = 0.01
+    desc_act: bool = False
+    sym: bool = True
+    true_sequential: bool = True
+    static_groups: bool = False
+    checkpoint_format: str = "gptq"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bits not in (2, 3, 4, 8):
+            raise ConfigError(f"GPTQ bits must be 2, 3, 4 or 8, got {self.bits}")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise ConfigError(f"group_size must be positive or -1 (one group per row), got {self.group_size}")
+        if not 0 < self.damp_percent < 1:
+            raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent}")
+        if self.checkpoint_format not in FORMATS:
+            raise ConfigError(f"checkpoint_format must be one of {FORMATS}, got {self.checkpoint_format!r}")
+
+    @property
+    def maxq(self) -> int:
+        return (1 << self.bits) - 1

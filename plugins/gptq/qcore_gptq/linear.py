@@ -1,0 +1,57 @@
+"""GPTQQuantLinear: holds a layer in the GPTQ format and multiplies with the best kernel at hand."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels
+
+
+class GPTQQuantLinear(nn.Module):
+    """Buffers named as in GPTQ checkpoints: qweight, qzeros (as unpacked ``zeros``), scales, g_idx."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, group_size: int, device: str = "meta") -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.group_size = in_features if group_size == -1 else group_size
+        groups = -(-in_features // self.group_size)
+        self.register_buffer("qweight", torch.empty(in_features * bits // 32, out_features, dtype=torch.int32, device=device))
+        self.register_buffer("zeros", torch.empty(groups, out_features, dtype=torch.int32, device=device))
+        self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16, device=device))
+        self.register_buffer("g_idx", torch.empty(in_features, dtype=torch.int64, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
+        self.fast: kernels.Int4CpuWeight | kernels.Int8CpuWeight | None = None
+
+    def set_tensors(self, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+                    bias: torch.Tensor | None) -> None:
+        self.qweight, self.zeros, self.scales, self.g_idx = qweight, zeros.to(torch.int32), scales.to(torch.float16), g_idx
+        if self.bias is not None:
+            self.bias = nn.Parameter(bias, requires_grad=False)
+        self.fast = None
+
+    def prepare_fast_path(self) -> None:
+        """Repack for torch's CPU int4/int8 GEMM when the layout allows it (else keep the reference)."""
+        if self.qweight.device.type != "cpu":
+            return
+        if kernels.int4_cpu_supported(self.bits, self.group_size, self.in_features):
+            try:
+                self.fast = kernels.Int4CpuWeight(self.qweight, self.zeros, self.scales, self.g_idx, self.in_features, self.group_size)
+            except ValueError:
+                self.fast = None
+        elif kernels.int8_cpu_supported(self.bits, self.zeros):
+            self.fast = kernels.Int8CpuWeight(self.qweight, self.scales, self.in_features)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.dequantize(self.qweight, self.zeros, self.scales, self.g_idx, self.bits, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not x.requires_grad:
+            y = self.fast.matmul(x)
+        else:
+            y = nn.functional.linear(x, self.dequantized_weight(x.dtype))
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        kernel = type(self.fast).__name__ if self.fast is not None else "reference"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, group_size={self.group_size}, kernel={kernel}"

@@ -107,12 +107,46 @@ def _capture_first_block_inputs(model: nn.Module, block: nn.Module, windows: lis
     return inputs, kwargs_list
 
 
+BATCH = 8  # calibration windows run through a block together
+
+
+def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when two captured keyword-argument dicts hold equal values (tensors compared by value)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, tuple | list) and isinstance(y, tuple | list):
+            if len(x) != len(y) or not all(_same_value(u, v) for u, v in zip(x, y, strict=True)):
+                return False
+        elif not _same_value(x, y):
+            return False
+    return True
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return x.shape == y.shape and bool(torch.equal(x, y))
+    return x is y or x == y
+
+
 def _run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs_list: list[dict[str, Any]]) -> list[torch.Tensor]:
-    outputs = []
+    """The block's outputs for every window; windows with equal shapes and arguments run batched.
+
+    Batching matters: quantized modules dequantize once per forward, not once per window.
+    """
+    outputs: list[torch.Tensor] = []
     with torch.no_grad():
-        for hidden, kwargs in zip(inputs, kwargs_list, strict=True):
-            out = block(hidden, **kwargs)
-            outputs.append(out[0] if isinstance(out, tuple | list) else out)
+        i = 0
+        while i < len(inputs):
+            j = i + 1
+            while (j < len(inputs) and j - i < BATCH and inputs[j].shape == inputs[i].shape
+                   and _same_kwargs(kwargs_list[j], kwargs_list[i])):
+                j += 1
+            out = block(torch.cat(inputs[i:j]), **kwargs_list[i])
+            out = out[0] if isinstance(out, tuple | list) else out
+            outputs.extend(out.split(inputs[i].shape[0]))
+            i = j
     return outputs
 
 

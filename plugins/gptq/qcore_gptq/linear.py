@@ -46,7 +46,9 @@ class GPTQQuantLinear(nn.Module):
         return kernels.dequantize(self.qweight, self.zeros, self.scales, self.g_idx, self.bits, self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not x.requires_grad:
+        rows = x.numel() // x.shape[-1]
+        if (self.fast is not None and rows <= self.fast.max_rows and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.bfloat16) and not x.requires_grad):
             y = self.fast.matmul(x)
         else:
             y = nn.functional.linear(x, self.dequantized_weight(x.dtype))

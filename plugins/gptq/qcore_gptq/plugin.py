@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import qcore
-from qcore.errors import CheckpointError, TensorMismatchError
+from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
 from qcore.modules import replace_module
 from qcore.packing import pack_int32
 
@@ -36,7 +36,17 @@ def _new_module(linear: nn.Module, config: GPTQConfig, device: str = "meta") -> 
 @qcore.hookimpl
 def process_before_weight_loading(model, modules):
     for name, cfg in modules.items():
+        _check_packable(name, model.get_submodule(name), cfg)
         replace_module(model, name, _new_module(model.get_submodule(name), cfg))
+
+
+def _check_packable(name: str, linear: nn.Module, config: GPTQConfig) -> None:
+    for what, size in (("in_features", linear.in_features), ("out_features", linear.out_features)):
+        if size * config.bits % 32:
+            raise ConfigError(
+                f"{name}: {what}={size} at {config.bits} bits does not fill whole int32 words, which the GPTQ "
+                f"format needs; leave it in float with modules_to_not_convert=[{name!r}] or choose other bits"
+            )
 
 
 @qcore.hookimpl
@@ -101,9 +111,10 @@ def calibration_add_batch(state, inputs):
 
 
 @qcore.hookimpl
-def quantize_calibrated(module, state, config):
+def quantize_calibrated(module_name, module, state, config):
     from .gptq import gptq_quantize
 
+    _check_packable(module_name, module, config)
     result = gptq_quantize(module.weight, state["H"], config.bits, config.group_size, config.sym, config.desc_act,
                            config.damp_percent, config.static_groups, min_zero=_min_zero(config))
     new = _new_module(module, config, device="cpu")

@@ -1,0 +1,53 @@
+"""The fast CPU kernels against the reference dequantize + matmul."""
+
+import pytest
+import torch
+
+from qcore_gptq.format import to_tensors
+from qcore_gptq.gptq import gptq_quantize, rtn_quantize
+from qcore_gptq.linear import GPTQQuantLinear
+
+
+def layer_from(result, in_features, out_features, bits, group_size):
+    packed = to_tensors(result, bits, "gptq_v2")
+    layer = GPTQQuantLinear(in_features, out_features, bias=False, bits=bits, group_size=group_size, device="cpu")
+    layer.set_tensors(packed["qweight"], result.zeros, packed["scales"], result.g_idx, None)
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("in_features", "group_size", "desc_act"),
+    [(256, 128, False), (576, 128, False), (576, 128, True), (192, 64, True), (256, 32, False)],
+)
+def test_int4_cpu_kernel_matches_the_reference(in_features, group_size, desc_act):
+    torch.manual_seed(0)
+    W = torch.randn(48, in_features)
+    X = torch.randn(256, in_features)
+    result = gptq_quantize(W, X.T @ X, bits=4, group_size=group_size, desc_act=desc_act, sym=False)
+    layer = layer_from(result, in_features, 48, 4, group_size)
+    x = torch.randn(5, 3, in_features)
+    reference = layer(x)  # no fast path prepared yet
+    layer.prepare_fast_path()
+    assert type(layer.fast).__name__ == "Int4CpuWeight"
+    fast = layer(x)
+    assert torch.allclose(fast, reference, rtol=1e-4, atol=1e-4), (fast - reference).abs().max()
+
+
+def test_int8_cpu_kernel_matches_the_reference():
+    torch.manual_seed(1)
+    W = torch.randn(40, 96)
+    layer = layer_from(rtn_quantize(W, 8, -1, sym=True), 96, 40, 8, -1)
+    x = torch.randn(4, 96)
+    reference = layer(x)
+    layer.prepare_fast_path()
+    assert type(layer.fast).__name__ == "Int8CpuWeight"
+    assert torch.allclose(layer(x), reference, rtol=1e-4, atol=1e-3)
+
+
+def test_layouts_the_fast_path_cannot_take_keep_the_reference():
+    torch.manual_seed(2)
+    W = torch.randn(32, 96)
+    layer = layer_from(rtn_quantize(W, 3, 32, sym=True), 96, 32, 3, 32)
+    layer.prepare_fast_path()
+    assert layer.fast is None
+    assert torch.allclose(layer(torch.eye(96)).T, layer.dequantized_weight())

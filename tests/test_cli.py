@@ -28,7 +28,7 @@ def test_the_console_script_is_installed():
     assert result.returncode == 0 and "example_int8" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["plugins", "inspect", "quantize", None])
+@pytest.mark.parametrize("command", ["plugins", "inspect", "quantize", "eval", "bench", None])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"] if command else ["--help"])

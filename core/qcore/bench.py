@@ -1,0 +1,392 @@
+"""Benchmarks (``tox -e bench`` / ``qcore bench``): every installed preset against float and upstream libraries.
+
+Every figure is measured in a fresh subprocess (so peak RSS is that job's alone: VmHWM is
+reset after imports) and reported absolute and as a ratio to the float32 baseline of the
+same run. Models: SmolLM2-135M (real weights) and a synthetic llama of ~1.1B parameters
+(random weights, written shard by shard by the bench, cached) where memory bandwidth
+dominates. Upstream libraries that fail here are reported with their error, not left out.
+Writes ``docs/benchmarks/results.json``, ``docs/benchmarks.md`` and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BIG_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                  num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
+PPL_TOKENS = 2048
+UPSTREAM = ["transformers-bnb-nf4", "transformers-bnb-int8", "hqq-4bit-g64", "torchao-int8-weight-only", "quanto-int8"]
+
+
+# --- measurements inside a worker process ------------------------------------------------------
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> int:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+    return _rss("VmRSS")
+
+
+def _peak_since(baseline: int) -> int:
+    return max(0, _rss("VmHWM") - baseline)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors"))
+
+
+def _quality_and_speed(model: Any, tokenizer: Any, text: str | None) -> dict[str, Any]:
+    from qcore.evaluate import decode_latency, perplexity, prefill_throughput
+
+    out: dict[str, Any] = {}
+    if text is not None and tokenizer is not None:
+        out["perplexity"] = perplexity(model, tokenizer, text, max_tokens=PPL_TOKENS)["perplexity"]
+        out["decode_ms_per_token"] = decode_latency(model, tokenizer, new_tokens=16)["ms_per_token"]
+    else:
+        out["decode_ms_per_token"] = _decode_without_tokenizer(model)
+    out["prefill_tokens_per_s"] = prefill_throughput(model, tokens=256, repeats=1)["tokens_per_s"]
+    return out
+
+
+def _decode_without_tokenizer(model: Any, new_tokens: int = 8) -> float:
+    import torch
+
+    token = torch.tensor([[1]])
+    with torch.no_grad():
+        out = model(token, use_cache=True)
+        past = out.past_key_values
+        out = model(token, past_key_values=past, use_cache=True)  # warm-up
+        past = out.past_key_values
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+    return 1000 * (time.perf_counter() - start) / new_tokens
+
+
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement (called in a fresh process)."""
+    import torch
+
+    import qcore
+    from qcore.testdata import calibration_text, reference_text
+
+    src, kind, name = Path(job["src"]), job["kind"], job["name"]
+    tokenizer = None
+    if job.get("tokenizer"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"])
+    text = reference_text() if tokenizer is not None else None
+    result: dict[str, Any] = {"name": name, "kind": kind}
+    baseline = _reset_peak()
+    start = time.perf_counter()
+    if kind == "float":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, job["dtype"])).eval()
+        result["load_s"] = time.perf_counter() - start
+        result["load_peak_rss"] = _peak_since(baseline)
+        result["size_bytes"] = _size(src) * (2 if job["dtype"] == "bfloat16" else 4) // 4
+    elif kind == "qcore":
+        config = qcore.plugins.preset_config(name)
+        if type(config).requires_calibration:
+            model = qcore.load_quantized(src, progress=False)
+            qcore.quantize(model, config, calibration=calibration_text(), tokenizer=tokenizer, nsamples=16, seqlen=512,
+                           progress=False)
+        else:
+            model = qcore.load_quantized(src, config, progress=False)
+        result["quantize_s"] = time.perf_counter() - start
+        result["quantize_peak_rss"] = _peak_since(baseline)
+        out = Path(job["out"])
+        qcore.save_quantized(model, out, overwrite=True)
+        result["size_bytes"] = _size(out)
+        del model
+        baseline = _reset_peak()
+        start = time.perf_counter()
+        model = qcore.load_quantized(out, progress=False)
+        result["load_s"] = time.perf_counter() - start
+        result["load_peak_rss"] = _peak_since(baseline)
+    else:
+        model = _upstream(name, src, result, baseline, start)
+    result.update(_quality_and_speed(model, tokenizer, text))
+    return result
+
+
+def _upstream(name: str, src: Path, result: dict[str, Any], baseline: int, start: float) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if name.startswith("transformers-bnb"):
+        from transformers import BitsAndBytesConfig
+
+        cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+               if name.endswith("nf4") else BitsAndBytesConfig(load_in_8bit=True))
+        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=torch.float32).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        if name.startswith("hqq"):
+            from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+            cfg = BaseQuantizeConfig(nbits=4, group_size=64)
+            for parent in list(model.modules()):
+                for child_name, child in list(parent.named_children()):
+                    if isinstance(child, torch.nn.Linear) and child_name != "lm_head":
+                        setattr(parent, child_name, HQQLinear(child, cfg, compute_dtype=torch.float32, device="cpu"))
+        elif name.startswith("torchao"):
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+            quantize_(model, Int8WeightOnlyConfig())
+        elif name.startswith("quanto"):
+            from optimum.quanto import freeze, qint8, quantize
+
+            quantize(model, weights=qint8)
+            freeze(model)
+    result["quantize_s"] = result["load_s"] = time.perf_counter() - start
+    result["load_peak_rss"] = result["quantize_peak_rss"] = _peak_since(baseline)
+    result["size_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return model
+
+
+# --- orchestration -------------------------------------------------------------------------------
+def run_job(job: dict[str, Any], timeout: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "qcore.bench", "--worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"name": job["name"], "kind": job["kind"], "error": f"timed out after {timeout}s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"name": job["name"], "kind": job["kind"], "error": tail[:300]}
+    return json.loads(lines[-1])
+
+
+def synthetic_llama(directory: Path) -> Path:
+    """A ~1.1B-parameter llama with random weights, written one layer per shard (never all in memory)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    target = directory / "synthetic-llama-1b"
+    if (target / "model.safetensors.index.json").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(**BIG_CONFIG)
+    cfg.architectures = ["LlamaForCausalLM"]
+    h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * 0.02
+
+    weight_map: dict[str, str] = {}
+    shards = [("model.embed_tokens.weight", (cfg.vocab_size, h))]
+    for n in range(cfg.num_hidden_layers):
+        name = f"model-{n + 1:05d}.safetensors"
+        p = f"model.layers.{n}."
+        tensors = {p + "self_attn.q_proj.weight": rand(h, h), p + "self_attn.k_proj.weight": rand(kv, h),
+                   p + "self_attn.v_proj.weight": rand(kv, h), p + "self_attn.o_proj.weight": rand(h, h),
+                   p + "mlp.gate_proj.weight": rand(i, h), p + "mlp.up_proj.weight": rand(i, h),
+                   p + "mlp.down_proj.weight": rand(h, i), p + "input_layernorm.weight": torch.ones(h),
+                   p + "post_attention_layernorm.weight": torch.ones(h)}
+        save_file(tensors, str(target / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    last = "model-embed-head.safetensors"
+    save_file({shards[0][0]: rand(*shards[0][1]), "lm_head.weight": rand(cfg.vocab_size, h), "model.norm.weight": torch.ones(h)},
+              str(target / last), metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys([shards[0][0], "lm_head.weight", "model.norm.weight"], last))
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cfg.save_pretrained(target)
+    return target
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = 0
+    try:
+        mem = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem / 2**30, 1), "torch": torch.__version__,
+            "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    base = next((r for r in rows if r["name"] == "float32" and "error" not in r), None)
+    if base is None:
+        return
+    for r in rows:
+        if "error" in r:
+            continue
+        r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
+        r["decode_speedup"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
+        r["prefill_ratio"] = r["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
+        r["load_rss_ratio"] = r["load_peak_rss"] / max(base["load_peak_rss"], 1)
+        if "perplexity" in r and "perplexity" in base:
+            r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = ["# Benchmarks", "",
+             f"Generated by `tox -e bench` (`python -m qcore.bench`) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
+             f"{m['memory_gb']} GB RAM, torch {m['torch']}, Python {m['python']}, no GPU. Every ratio is against the "
+             "float32 row of the same run. Peak RSS is measured in a fresh process per row (VmHWM after imports); "
+             "transformers memory-maps a float32 checkpoint, so its pages count only once touched (after the load).",
+             "", "Perplexity: GPL-3 text, first 2048 tokens, windows of 512 ([protocol](evaluation.md)); "
+             "calibration (GPTQ): 16×512 tokens of other licence texts.", ""]
+    for model_name, rows in results["models"].items():
+        lines += [f"## {model_name}", "",
+                  "| method | kind | size MB | size × | ppl | ppl × | decode ms/tok | decode × | prefill tok/s | quantize s | "
+                  "quantize peak MB | load s | load peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['name']} | {r['kind']} | failed: {r['error'].replace('|', '/')} |||||||||||")
+                continue
+
+            def f(key: str, fmt: str = "{:.2f}", scale: float = 1.0, row: dict = r) -> str:
+                return fmt.format(row[key] / scale) if key in row else "–"
+
+            lines.append(
+                f"| {r['name']} | {r['kind']} | {f('size_bytes', '{:.0f}', 1e6)} | {f('size_ratio')} | {f('perplexity')} | "
+                f"{f('ppl_ratio', '{:.3f}')} | {f('decode_ms_per_token', '{:.1f}')} | {f('decode_speedup')} | "
+                f"{f('prefill_tokens_per_s', '{:.0f}')} | {f('quantize_s', '{:.1f}')} | {f('quantize_peak_rss', '{:.0f}', 2**20)} | "
+                f"{f('load_s')} | {f('load_peak_rss', '{:.0f}', 2**20)} |")
+        lines.append("")
+    if results.get("memory_checks"):
+        lines += ["## Load-memory checks", ""]
+        lines += [f"- {c}" for c in results["memory_checks"]]
+        lines.append("")
+    lines += ["![size vs perplexity and speed](benchmarks/size_vs_ppl.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in results["models"].get("SmolLM2-135M", []) if "error" not in r and "perplexity" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        color = "tab:blue" if r["kind"] == "qcore" else "tab:gray" if r["kind"] == "float" else "tab:orange"
+        axes[0].scatter(r["size_bytes"] / 1e6, r["perplexity"], color=color)
+        axes[0].annotate(r["name"], (r["size_bytes"] / 1e6, r["perplexity"]), fontsize=7)
+        axes[1].scatter(r["size_bytes"] / 1e6, r["decode_ms_per_token"], color=color)
+        axes[1].annotate(r["name"], (r["size_bytes"] / 1e6, r["decode_ms_per_token"]), fontsize=7)
+    axes[0].set(xlabel="size on disk (MB)", ylabel="perplexity (GPL-3)", title="SmolLM2-135M: size vs perplexity")
+    axes[1].set(xlabel="size on disk (MB)", ylabel="decode ms/token (batch 1)", title="size vs decode latency")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def memory_checks(rows: list[dict[str, Any]], float_bytes: int, largest_tensor: int, model: str) -> list[str]:
+    notes = []
+    slack = 64 * 2**20
+    for r in rows:
+        if r.get("kind") != "qcore" or "error" in r:
+            continue
+        bound = r["size_bytes"] + 4 * largest_tensor + slack
+        for key, what in (("load_peak_rss", "loading the saved checkpoint"), ("quantize_peak_rss", "on-the-fly quantization")):
+            if key not in r:
+                continue
+            verdict = "OK" if r[key] <= bound else "OVER"
+            notes.append(f"{model} {r['name']}: {what} peaked at {r[key] / 2**20:.0f} MB (float model {float_bytes / 2**20:.0f} MB, "
+                         f"quantized {r['size_bytes'] / 2**20:.0f} MB, bound quantized + 4 × largest tensor + 64 MB = "
+                         f"{bound / 2**20:.0f} MB): {verdict}")
+    return notes
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--presets", nargs="*", help="qcore presets (default: every installed one)")
+    parser.add_argument("--upstream", nargs="*", default=UPSTREAM, help=f"upstream rows (default: {' '.join(UPSTREAM)})")
+    parser.add_argument("--skip-big", action="store_true", help="skip the synthetic ~1.1B model")
+    parser.add_argument("--big-presets", nargs="*", default=["bnb-nf4", "bnb-int8", "gptq-w4g128"],
+                        help="presets run on the ~1.1B model (no calibration there: GPTQ runs as RTN)")
+    parser.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks/ go (default: docs)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import qcore
+    from qcore.testdata import cache_dir, smollm2_checkpoint
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    out = Path(args.out)
+    work = cache_dir() / "bench"
+    small = smollm2_checkpoint()
+    presets = args.presets if args.presets is not None else sorted(p for p in qcore.registry().presets if not p.startswith("example"))
+    results: dict[str, Any] = {"machine": machine(), "models": {}, "memory_checks": []}
+
+    def series(model_name: str, src: Path, tokenizer: Path | None, preset_list: list[str], upstream: list[str]) -> list[dict]:
+        jobs = [{"name": "float32", "kind": "float", "dtype": "float32"}, {"name": "bfloat16", "kind": "float", "dtype": "bfloat16"}]
+        jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in preset_list]
+        jobs += [{"name": u, "kind": "upstream"} for u in upstream]
+        rows = []
+        for job in jobs:
+            job.update(src=str(src), tokenizer=str(tokenizer) if tokenizer else None)
+            print(f"[{model_name}] {job['name']} ...", flush=True)
+            rows.append(run_job(job, args.timeout))
+            print(f"    {json.dumps({k: v for k, v in rows[-1].items() if k not in ('kind',)})}", flush=True)
+        add_ratios(rows)
+        return rows
+
+    rows = series("SmolLM2-135M", small, small, presets, args.upstream)
+    results["models"]["SmolLM2-135M"] = rows
+    results["memory_checks"] += memory_checks(rows, _size(small), 49152 * 576 * 4, "SmolLM2-135M")
+    if not args.skip_big:
+        big = synthetic_llama(work)
+        big_rows = series("synthetic llama 1.1B (random weights)", big, None,
+                          [p for p in args.big_presets if p in qcore.registry().presets], ["transformers-bnb-nf4"])
+        results["models"]["synthetic llama 1.1B (random weights)"] = big_rows
+        results["memory_checks"] += memory_checks(big_rows, _size(big), 32000 * 2048 * 4, "llama-1.1B")
+    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out / "benchmarks" / "size_vs_ppl.png")
+    (out / "benchmarks.md").write_text(markdown(results))
+    print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks'}/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qcore.bench", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    return run_bench(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -30,3 +31,12 @@ def owning_module_name(tensor_name: str, module_names: set[str]) -> str | None:
         if candidate in module_names:
             return candidate
     return "" if "" in module_names else None
+
+
+def linear_from_weight(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A float ``nn.Linear`` holding ``weight`` (out, in) and ``bias`` (out,), both frozen: the usual ``dequantize`` result."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear

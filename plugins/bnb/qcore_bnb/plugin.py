@@ -7,7 +7,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import CheckpointError, TensorMismatchError
-from qcore.modules import replace_module
+from qcore.modules import linear_from_weight, replace_module
 
 from .config import BnbConfig
 from .format import QuantState4bit, checkpoint_kind, read_quant_state
@@ -129,11 +129,7 @@ def module_state_dict(module):
 
 @qcore.hookimpl
 def dequantize(module):
-    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    linear.weight = nn.Parameter(module.dequantized_weight(torch.float32), requires_grad=False)
-    if module.bias is not None:
-        linear.bias = nn.Parameter(module.bias.data.float(), requires_grad=False)
-    return linear
+    return linear_from_weight(module.dequantized_weight(torch.float32), None if module.bias is None else module.bias.data.float())
 
 
 @qcore.hookimpl

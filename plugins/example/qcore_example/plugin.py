@@ -5,7 +5,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import CheckpointError
-from qcore.modules import replace_module
+from qcore.modules import linear_from_weight, replace_module
 
 from .config import ExampleInt8Config
 from .linear import Int8Linear, quantize_per_channel
@@ -57,8 +57,4 @@ def create_quantized_param(module_name, module, tensors, device, pre_quantized):
 
 @qcore.hookimpl
 def dequantize(module):
-    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    linear.weight = nn.Parameter(module.dequantized_weight(), requires_grad=False)
-    if module.bias is not None:
-        linear.bias = module.bias
-    return linear
+    return linear_from_weight(module.dequantized_weight(), None if module.bias is None else module.bias.data)

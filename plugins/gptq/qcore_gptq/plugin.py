@@ -7,7 +7,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
-from qcore.modules import replace_module
+from qcore.modules import linear_from_weight, replace_module
 from qcore.packing import pack_int32
 
 from .config import GPTQConfig
@@ -136,8 +136,4 @@ def module_state_dict(module, config):
 
 @qcore.hookimpl
 def dequantize(module):
-    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    linear.weight = nn.Parameter(module.dequantized_weight(), requires_grad=False)
-    if module.bias is not None:
-        linear.bias = nn.Parameter(module.bias.data.float(), requires_grad=False)
-    return linear
+    return linear_from_weight(module.dequantized_weight(), None if module.bias is None else module.bias.data.float())

@@ -221,8 +221,8 @@ def quantize(
     windows = calibration_windows(calibration, tokenizer, nsamples, seqlen, seed)
     blocks_name, blocks = find_blocks(model)
     # everything but the blocks (embeddings, rotary tables) runs on the device for the capture
-    outside = [m for m in model.modules() if m is not model and not any(m is b or m is blocks for b in blocks) and not list(m.children())]
-    outside = [m for m in outside if not any(m is x for b in blocks for x in b.modules())]
+    inside = {id(m) for block in blocks for m in block.modules()}
+    outside = [m for m in model.modules() if not list(m.children()) and id(m) not in inside]
     for m in outside:
         m.to(device)
     blocks[0].to(device)

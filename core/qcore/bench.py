@@ -259,7 +259,8 @@ def markdown(results: dict[str, Any]) -> str:
              "float32 row of the same run. Peak RSS is measured in a fresh process per row (VmHWM after imports); "
              "transformers memory-maps a float32 checkpoint, so its pages count only once touched (after the load).",
              "", "Perplexity: GPL-3 text, first 2048 tokens, windows of 512 ([protocol](evaluation.md)); "
-             "calibration (GPTQ): 16×512 tokens of other licence texts.", ""]
+             "calibration (GPTQ): 16×512 tokens of other licence texts. Size: safetensors bytes on disk for qcore and "
+             "float rows; for upstream rows, the bytes of the quantized model's state dict in memory.", ""]
     for model_name, rows in results["models"].items():
         lines += [f"## {model_name}", "",
                   "| method | kind | size MB | size × | ppl | ppl × | decode ms/tok | decode × | prefill tok/s | quantize s | "

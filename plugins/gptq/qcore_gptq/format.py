@@ -22,14 +22,19 @@ from qcore.packing import pack_int32, unpack_int32
 from .gptq import GPTQResult
 
 
+def pack_qzeros(zeros: torch.Tensor, bits: int, checkpoint_format: str) -> torch.Tensor:
+    """Zero points (G, out) -> the ``qzeros`` tensor; v1 ("gptq") stores zero - 1."""
+    stored = zeros.to(torch.int64) - (1 if checkpoint_format == "gptq" else 0)
+    if int(stored.min()) < 0:
+        raise ValueError("a zero point of 0 cannot be stored in the v1 format; quantize with min_zero=1")
+    return pack_int32(stored, bits, dim=1)
+
+
 def to_tensors(result: GPTQResult, bits: int, checkpoint_format: str) -> dict[str, torch.Tensor]:
     """Pack a layer's codes and parameters into checkpoint tensors."""
-    zeros = result.zeros - 1 if checkpoint_format == "gptq" else result.zeros
-    if int(zeros.min()) < 0:
-        raise ValueError("a zero point of 0 cannot be stored in the v1 format; quantize with min_zero=1")
     return {
         "qweight": pack_int32(result.q.T.contiguous(), bits, dim=0),
-        "qzeros": pack_int32(zeros, bits, dim=1),
+        "qzeros": pack_qzeros(result.zeros, bits, checkpoint_format),
         "scales": result.scales.to(torch.float16),
         "g_idx": result.g_idx.to(torch.int32),
     }

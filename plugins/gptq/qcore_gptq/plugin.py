@@ -8,7 +8,6 @@ from torch import nn
 import qcore
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
 from qcore.modules import linear_from_weight, replace_module
-from qcore.packing import pack_int32
 
 from .config import GPTQConfig
 from .linear import GPTQQuantLinear
@@ -126,8 +125,10 @@ def quantize_calibrated(module_name, module, state, config):
 # --- saving, dequantizing -------------------------------------------------------------------
 @qcore.hookimpl
 def module_state_dict(module, config):
-    zeros = module.zeros.to(torch.int64) - (1 if config.checkpoint_format == "gptq" else 0)
-    out = {"qweight": module.qweight, "qzeros": pack_int32(zeros, config.bits, dim=1), "scales": module.scales,
+    from .format import pack_qzeros
+
+    out = {"qweight": module.qweight, "qzeros": pack_qzeros(module.zeros, config.bits, config.checkpoint_format),
+           "scales": module.scales,
            "g_idx": module.g_idx.to(torch.int32)}
     if module.bias is not None:
         out["bias"] = module.bias.data

@@ -10,12 +10,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qcore import lut4
+
 from . import kernels
 from .format import QuantState4bit
 
 
 class Linear4bit(nn.Module):
-    """y = x @ dequantize(W).T + b, W in 4-bit blocks; gradients flow to x (QLoRA)."""
+    """y = x @ dequantize(W).T + b, W in 4-bit blocks; gradients flow to x (QLoRA).
+
+    Kernels on CPU, when qcore's ``lut4`` C kernels build here: up to ``gemv_max_rows`` rows of x (decoding),
+    a fused GEMV that never materializes W, accumulating in float32; more rows (prefill), or
+    when x needs gradients, W is dequantized in C to ``compute_dtype`` and multiplied by torch.
+    Without a C compiler, the same in plain torch. Elsewhere (CUDA), the plain-torch path.
+    """
+
+    gemv_max_rows = 8  # measured crossover on an AVX-512 CPU: 8 rows still 1.1-1.4x faster, 16 rows slower
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype, device: str = "meta") -> None:
         super().__init__()
@@ -26,11 +36,13 @@ class Linear4bit(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
         self.state: QuantState4bit | None = None
         self.table: torch.Tensor | None = None
+        self.native = False
 
     def set_state(self, packed: torch.Tensor, state: QuantState4bit) -> None:
         self.weight, self.state = packed, state
         self.absmax = self._float_absmax()
         self.table = kernels.byte_pair_table(state.quant_map)
+        self.native = lut4.supported(packed, state.blocksize, state.shape)
 
     def _float_absmax(self) -> torch.Tensor:
         """Per-block float32 absmax, decoding the nested (double-quantized) statistics if any."""
@@ -42,11 +54,21 @@ class Linear4bit(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         s = self.state
+        if self.native and self.weight.device.type == "cpu":
+            return lut4.dequantize(self.weight, self.absmax, s.blocksize, s.shape, s.quant_map, dtype or self.compute_dtype)
         return kernels.dequantize_4bit(self.weight, self.absmax, s.blocksize, s.shape, s.quant_map,
                                        dtype or self.compute_dtype, table=self.table)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = x.dtype
+        rows = x.numel() // self.in_features
+        if (self.native and rows <= self.gemv_max_rows and x.device.type == "cpu" and self.weight.device.type == "cpu"
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            s = self.state
+            y = lut4.matmul(x.reshape(rows, self.in_features), self.weight, self.absmax, s.blocksize, s.shape, s.quant_map)
+            if self.bias is not None:
+                y += self.bias.float()
+            return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         y = nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
         return y.to(out_dtype)

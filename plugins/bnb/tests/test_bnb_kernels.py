@@ -4,6 +4,7 @@ import bitsandbytes.functional as bnbF
 import pytest
 import torch
 
+from qcore import lut4
 from qcore_bnb import kernels
 
 
@@ -100,3 +101,84 @@ def test_int8_matmul_is_exact_for_wide_layers():
     a = torch.full((2, 4096), 127, dtype=torch.int8)
     b = torch.full((3, 4096), -127, dtype=torch.int8)
     assert torch.equal(kernels.int8_matmul_exact(a, b), torch.full((2, 3), -127.0 * 127 * 4096))
+
+
+# ---- qcore's native 4-bit lookup kernels (qcore/lut4.c) on bitsandbytes' format, in each SIMD variant this CPU can run ----
+
+def _variants():
+    import platform
+
+    from qcore import native
+
+    if not native.enabled():
+        return ["native"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags = open("/proc/cpuinfo").read()
+        # x86-64: the portable C loop; x86-64-v3: AVX2+FMA; native: AVX-512 where the CPU has it
+        return ["x86-64", *(["x86-64-v3"] if " avx2 " in flags and " fma " in flags else []), "native"]
+    return ["native"]
+
+
+@pytest.fixture(params=_variants())
+def lib(request):
+    lib = lut4.lib(request.param)
+    assert lib is not None, "lut4.c did not build: is a C compiler installed (gcc/cc, or CC=...)?"
+    return lib
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_native_dequantize_is_bit_identical_to_bitsandbytes(lib, real_weight, quant_type):
+    torch.manual_seed(3)
+    for w, blocksize in ((real_weight.float(), 64), (torch.randn(48, 256), 128), (torch.randn(4, 4096), 4096),
+                         (torch.randn(3, 64) * 1e-3, 32)):
+        ref_packed, ref_state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
+        expected = bnbF.dequantize_4bit(ref_packed, ref_state)
+        shape = tuple(w.shape)
+        assert lut4.supported(ref_packed, blocksize, shape)
+        got = lut4.dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code, library=lib)
+        assert torch.equal(got, expected)
+        bf16 = lut4.dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code, torch.bfloat16, library=lib)
+        assert torch.equal(bf16, expected.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 64])
+def test_native_matmul_matches_float64_and_bitsandbytes(lib, real_weight, quant_type, rows):
+    torch.manual_seed(4)
+    w = real_weight.float()
+    packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type=quant_type)
+    x = torch.randn(rows, w.shape[1])
+    x[:, 5] = 40.0  # a large activation column must not hurt the float32 accumulation
+    got = lut4.matmul(x, packed, state.absmax, 64, tuple(w.shape), state.code, library=lib)
+    exact = x.double() @ bnbF.dequantize_4bit(packed, state).double().T
+    assert got.dtype == torch.float32 and got.shape == (rows, w.shape[0])
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max().item())
+    if rows == 1:  # bitsandbytes' own CPU path, float32 (last: it rewrites state.absmax in place)
+        import bitsandbytes as bnb
+
+        ref = bnb.matmul_4bit(x, packed.t(), quant_state=state)
+        torch.testing.assert_close(got, ref.reshape(got.shape), rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+
+
+def test_native_kernels_are_used_and_agree_with_the_torch_path(monkeypatch):
+    from qcore_bnb.format import QuantState4bit
+    from qcore_bnb.linear import Linear4bit
+
+    torch.manual_seed(5)
+    w, b = torch.randn(96, 128), torch.randn(96)
+    packed, absmax = kernels.quantize_4bit(w, 64, "nf4")
+    layer = Linear4bit(128, 96, True, torch.float32, device="cpu")
+    layer.bias.data = b
+    layer.set_state(packed, QuantState4bit(absmax=absmax, shape=(96, 128), blocksize=64, quant_type="nf4",
+                                           quant_map=kernels.code_4bit("nf4"), dtype="float32"))
+    assert layer.native
+    calls = []
+    real = lut4.matmul
+    monkeypatch.setattr(lut4, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for shape in ((1, 128), (2, 1, 128), (3, 40, 128)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            fast = layer(x)
+        slow = x @ kernels.dequantize_4bit_reference(packed, absmax, 64, (96, 128), kernels.code_4bit("nf4")).T + b
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2  # the two decode-sized inputs; 120 rows go through dequantize + matmul

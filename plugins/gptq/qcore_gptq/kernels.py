@@ -1,7 +1,8 @@
 """GPTQ matmul kernels: the plain-torch reference and the fast CPU paths.
 
 - reference: dequantize (unpack, ``scales * (q - zeros)`` by ``g_idx``) + ``F.linear``.
-- 4-bit CPU: torch's packed int4 GEMM (``_weight_int4pack_mm_for_cpu``), which computes
+- 4-bit CPU, first choice: qcore's native lookup GEMV (:class:`Int4LutWeight`, C, AVX-512/AVX2).
+- 4-bit CPU without a C compiler: torch's packed int4 GEMM (``_weight_int4pack_mm_for_cpu``), which computes
   ``x @ ((q - 8) * scale + zero)``; GPTQ's ``scale * (q - z)`` maps onto it with
   ``zero = scale * (8 - z)``. Act-order is handled by permuting the input columns so every
   group is contiguous; a partial last group (e.g. 576 = 4*128 + 64) is padded with zero inputs.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from qcore.packing import unpack_int32
+from qcore import lut4
+from qcore.packing import pack_uint4_pairs, unpack_int32
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -31,6 +33,69 @@ def dequantize(qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
     return w.T.contiguous().to(dtype)
 
 
+def grouped_codes(qweight: torch.Tensor, g_idx: torch.Tensor, in_features: int, group_size: int,
+                  pad_code: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """4-bit codes ``(padded_in, out)`` int32 with every group a contiguous run of ``group_size`` rows.
+
+    Act-order layers are sorted by group (``perm``, applied to x's columns too; None when
+    the order is already sorted); a partial last group is padded with ``pad_code`` rows
+    (multiplied by zero inputs). Raises ValueError when sorting does not give whole groups.
+    """
+    q = unpack_qweight(qweight, 4, in_features).to(torch.int32)  # (in, out)
+    perm = torch.argsort(g_idx, stable=True)
+    if not torch.equal(g_idx[perm], torch.arange(in_features, device=g_idx.device) // group_size):
+        raise ValueError("groups are not contiguous runs of group_size after sorting; use the reference kernel")
+    if torch.equal(perm, torch.arange(in_features, device=perm.device)):
+        perm = None
+    else:
+        q = q[perm]
+    pad = -in_features % group_size
+    if pad:
+        q = torch.cat([q, torch.full((pad, q.shape[1]), pad_code, dtype=torch.int32)])
+    return q, perm, pad
+
+
+def _permute_pad(x: torch.Tensor, perm: torch.Tensor | None, pad: int) -> torch.Tensor:
+    """x (..., in) -> (rows, padded_in): columns in group order, zero inputs for the padding."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if perm is not None:
+        x2 = x2[:, perm]
+    return torch.nn.functional.pad(x2, (0, pad)) if pad else x2
+
+
+class Int4LutWeight:
+    """A GPTQ 4-bit layer on qcore's native lookup GEMV (:mod:`qcore.lut4`), for decoding.
+
+    ``W = s * (q - z)`` per group is computed as ``lut4(x, q, s) - (sum of x per group) @ (s * z)``:
+    the codes are 0..15, the group is the kernel's block, and the zero-point term is one small
+    matmul. Up to ``gemv_rows`` rows of x (decoding) the GEMV never materializes W and accumulates
+    in float32; more rows (prefill) dequantize ``s * q`` in C and let torch multiply.
+    """
+
+    max_rows = 1 << 62  # takes any number of rows itself
+    gemv_rows = 8  # as bitsandbytes' Linear4bit: the GEMV beats dequantize + matmul up to ~8 rows
+
+    def __init__(self, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+                 in_features: int, group_size: int) -> None:
+        q, self.perm, self.pad = grouped_codes(qweight, g_idx, in_features, group_size, pad_code=0)
+        self.out_features, self.group_size = q.shape[1], group_size
+        self.shape = (q.shape[1], q.shape[0])  # (out, padded_in), row-major like the kernel wants
+        self.packed = pack_uint4_pairs(q.T.contiguous())
+        self.scales = scales.float().T.contiguous()  # (out, groups): block n * groups + g
+        self.scaled_zeros = (scales.float() * zeros.float()).contiguous()  # (groups, out)
+        self.code = torch.arange(16, dtype=torch.float32)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _permute_pad(x, self.perm, self.pad)
+        if x2.shape[0] <= self.gemv_rows:
+            x2 = x2.float()
+            y = lut4.matmul(x2, self.packed, self.scales, self.group_size, self.shape, self.code)
+        else:
+            y = x2 @ lut4.dequantize(self.packed, self.scales, self.group_size, self.shape, self.code, x.dtype).T
+        y -= x2.view(x2.shape[0], -1, self.group_size).sum(-1, dtype=y.dtype) @ self.scaled_zeros.to(y.dtype)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
 class Int4CpuWeight:
     """A GPTQ 4-bit layer repacked for torch's CPU int4 GEMM.
 
@@ -42,19 +107,7 @@ class Int4CpuWeight:
 
     def __init__(self, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
                  in_features: int, group_size: int) -> None:
-        q = unpack_qweight(qweight, 4, in_features).to(torch.int32)  # (in, out)
-        self.perm = torch.argsort(g_idx, stable=True)
-        self.needs_perm = not torch.equal(self.perm, torch.arange(in_features))
-        sorted_groups = g_idx[self.perm]
-        self.padded_in = -(-in_features // group_size) * group_size
-        self.pad = self.padded_in - in_features
-        q = q[self.perm]
-        if self.pad:
-            q = torch.cat([q, torch.full((self.pad, q.shape[1]), 8, dtype=torch.int32)])
-        # every padded group must be one GPTQ group: check that groups are contiguous runs of group_size
-        expected = torch.arange(in_features) // group_size
-        if not torch.equal(sorted_groups, expected):
-            raise ValueError("groups are not contiguous runs of group_size after sorting; use the reference kernel")
+        q, self.perm, self.pad = grouped_codes(qweight, g_idx, in_features, group_size, pad_code=8)
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.T.contiguous(), 1)
         scale = scales.float()
         self.scales_and_zeros = torch.stack([scale, scale * (8 - zeros.float())], dim=-1).contiguous()
@@ -64,14 +117,14 @@ class Int4CpuWeight:
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) float32/bfloat16 -> (..., out) in x's dtype."""
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if self.needs_perm:
-            x2 = x2[:, self.perm]
-        if self.pad:
-            x2 = torch.nn.functional.pad(x2, (0, self.pad))
+        x2 = _permute_pad(x, self.perm, self.pad)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.group_size,
                                                        self.scales_and_zeros.to(x.dtype))
         return y.reshape(*shape[:-1], self.out_features)
+
+
+def int4_lut_supported(bits: int, group_size: int, qweight: torch.Tensor) -> bool:
+    return bits == 4 and lut4.supported(qweight, group_size, (qweight.shape[1], group_size))
 
 
 def int4_cpu_supported(bits: int, group_size: int, in_features: int) -> bool:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from . import kernels
+
+
+@functools.cache
+def triton_kernels():
+    """The Triton GPU kernel, or None where Triton is not installed (CUDA then uses the reference)."""
+    try:
+        from . import triton_kernels as module
+    except ImportError:
+        return None
+    return module
 
 
 class GPTQQuantLinear(nn.Module):
@@ -21,7 +33,7 @@ class GPTQQuantLinear(nn.Module):
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16, device=device))
         self.register_buffer("g_idx", torch.empty(in_features, dtype=torch.int64, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
-        self.fast: kernels.Int4CpuWeight | kernels.Int8CpuWeight | None = None
+        self.fast: kernels.Int4LutWeight | kernels.Int4CpuWeight | kernels.Int8CpuWeight | None = None
 
     def set_tensors(self, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
                     bias: torch.Tensor | None) -> None:
@@ -31,12 +43,18 @@ class GPTQQuantLinear(nn.Module):
         self.fast = None
 
     def prepare_fast_path(self) -> None:
-        """Repack for torch's CPU int4/int8 GEMM when the layout allows it (else keep the reference)."""
+        """Repack for a fast CPU kernel when the layout allows it (else keep the reference): 4-bit on
+        qcore's native lookup GEMV, or torch's int4 GEMM without a C compiler; 8-bit on torch's int8 GEMM."""
         if self.qweight.device.type != "cpu":
             return
-        if kernels.int4_cpu_supported(self.bits, self.group_size, self.in_features):
+        int4 = None
+        if kernels.int4_lut_supported(self.bits, self.group_size, self.qweight):
+            int4 = kernels.Int4LutWeight
+        elif kernels.int4_cpu_supported(self.bits, self.group_size, self.in_features):
+            int4 = kernels.Int4CpuWeight
+        if int4 is not None:
             try:
-                self.fast = kernels.Int4CpuWeight(self.qweight, self.zeros, self.scales, self.g_idx, self.in_features, self.group_size)
+                self.fast = int4(self.qweight, self.zeros, self.scales, self.g_idx, self.in_features, self.group_size)
             except ValueError:
                 self.fast = None
         elif kernels.int8_cpu_supported(self.bits, self.zeros):
@@ -50,6 +68,10 @@ class GPTQQuantLinear(nn.Module):
         if (self.fast is not None and rows <= self.fast.max_rows and x.device.type == "cpu"
                 and x.dtype in (torch.float32, torch.bfloat16) and not x.requires_grad):
             y = self.fast.matmul(x)
+        elif (x.is_cuda and self.bits in (2, 4, 8) and triton_kernels() is not None
+              and not (torch.is_grad_enabled() and x.requires_grad)):
+            y = triton_kernels().matmul(x.reshape(rows, self.in_features), self.qweight, self.zeros, self.scales,
+                                        self.g_idx, self.bits).reshape(*x.shape[:-1], self.out_features)
         else:
             y = nn.functional.linear(x, self.dequantized_weight(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)

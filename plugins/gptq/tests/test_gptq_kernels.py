@@ -15,22 +15,31 @@ def layer_from(result, in_features, out_features, bits, group_size):
     return layer
 
 
-@pytest.mark.parametrize(
-    ("in_features", "group_size", "desc_act"),
-    [(256, 128, False), (576, 128, False), (576, 128, True), (192, 64, True), (256, 32, False)],
-)
-def test_int4_cpu_kernel_matches_the_reference(in_features, group_size, desc_act):
+LAYOUTS = [(256, 128, False), (576, 128, False), (576, 128, True), (192, 64, True), (256, 32, False), (576, -1, False)]
+
+
+# torch's int4 GEMM takes groups of 32..256 only (a -1 group keeps the reference there)
+@pytest.mark.parametrize(("kernel", "in_features", "group_size", "desc_act"),
+                         [("Int4LutWeight", *lay) for lay in LAYOUTS] + [("Int4CpuWeight", *lay) for lay in LAYOUTS[:-1]])
+def test_int4_cpu_kernels_match_the_reference(monkeypatch, kernel, in_features, group_size, desc_act):
+    from qcore import lut4
+
+    if kernel == "Int4CpuWeight":  # what a machine without a C compiler gets
+        monkeypatch.setattr(lut4, "supported", lambda *a: False)
     torch.manual_seed(0)
     W = torch.randn(48, in_features)
     X = torch.randn(256, in_features)
     result = gptq_quantize(W, X.T @ X, bits=4, group_size=group_size, desc_act=desc_act, sym=False)
     layer = layer_from(result, in_features, 48, 4, group_size)
-    x = torch.randn(5, 3, in_features)
-    reference = layer(x)  # no fast path prepared yet
-    layer.prepare_fast_path()
-    assert type(layer.fast).__name__ == "Int4CpuWeight"
-    fast = layer(x)
-    assert torch.allclose(fast, reference, rtol=1e-4, atol=1e-4), (fast - reference).abs().max()
+    for rows in (1, 3, 15, 40):  # decode-sized and prefill-sized inputs
+        x = torch.randn(rows, 1, in_features) * 3
+        layer.fast = None
+        reference = x.double() @ layer.dequantized_weight(torch.float64).T
+        layer.prepare_fast_path()
+        assert type(layer.fast).__name__ == kernel
+        fast = layer(x)
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast.double(), reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
 
 
 def test_int8_cpu_kernel_matches_the_reference():

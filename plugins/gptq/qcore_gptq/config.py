@@ -27,7 +27,7 @@ class GPTQConfig(QuantizationConfig):
         "pad_token_id", "use_cuda_fp16", "modules_in_block_to_quantize", "backend", "meta", "model_name_or_path",
         "model_file_base_name", "quantizer", "pack_dtype", "damp_auto_increment", "mse", "v2", "v2_alpha",
         "act_group_aware", "format", "lm_head", "is_marlin_format", "dynamic", "hyb_act", "quant_method_version",
-        "mock_quantization", "fail_safe", "offload_to_disk", "offload_to_disk_path", "rotation", "adapter",
+        "mock_quantization", "fail_safe", "offload_to_disk", "offload_to_disk_path", "rotation", "adapter", "method",
     })
 
     bits: int = 4

@@ -70,3 +70,8 @@ def test_no_compiler_warns_and_falls_back(fresh, monkeypatch):
 def test_can_be_switched_off(fresh, monkeypatch):
     monkeypatch.setenv("QCORE_NATIVE", "0")
     assert native.load("test.sum", fresh, SIG) is None
+
+
+def test_optional_module_is_none_when_missing():
+    assert native.optional_module("json") is __import__("json")
+    assert native.optional_module("qcore_no_such_module_xyz") is None

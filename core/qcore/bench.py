@@ -81,8 +81,69 @@ def _decode_without_tokenizer(model: Any, new_tokens: int = 8) -> float:
     return 1000 * (time.perf_counter() - start) / new_tokens
 
 
+KERNEL_LAYER = "model.layers.0.mlp.down_proj"
+KERNEL_ROWS = (1, 64)
+
+
+def _time_ms(fn: Any, rows: int) -> float:
+    """Median milliseconds of ``fn()`` (warmed up; more repeats for the fast single-row case)."""
+    import statistics
+
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(40 if rows == 1 else 10):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def kernel_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One layer's forward at 1 row (decoding) and 64 rows (prefill) through one kernel path."""
+    if not job.get("native", True):
+        os.environ["QCORE_NATIVE"] = "0"
+    import torch
+
+    import qcore
+
+    result: dict[str, Any] = {"name": job["name"], "kind": "kernel"}
+    if job["path"] == "float":
+        from safetensors import safe_open
+
+        with safe_open(str(Path(job["src"]) / "model.safetensors"), "pt") as f:
+            weight = f.get_tensor(KERNEL_LAYER + ".weight").float()
+        dtype = getattr(torch, job["dtype"])
+        w = weight.to(dtype)
+        layer = lambda x: torch.nn.functional.linear(x, w)  # noqa: E731
+    elif job["path"] == "bitsandbytes":
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbF
+        from safetensors import safe_open
+
+        with safe_open(str(Path(job["src"]) / "model.safetensors"), "pt") as f:
+            weight = f.get_tensor(KERNEL_LAYER + ".weight").float()
+        packed, state = bnbF.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
+        dtype = torch.float32
+        layer = lambda x: bnb.matmul_4bit(x, packed.t(), quant_state=state)  # noqa: E731
+    else:
+        model = qcore.load_quantized(job["src"], progress=False)
+        module = model.get_submodule(KERNEL_LAYER)
+        result["module"] = repr(module)
+        dtype = torch.float32
+        layer = module
+    in_features = 1536
+    with torch.no_grad():
+        for rows in KERNEL_ROWS:
+            x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+            result[f"ms_{rows}"] = _time_ms(lambda x=x: layer(x), rows)
+    return result
+
+
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement (called in a fresh process)."""
+    if job["kind"] == "kernel":
+        return kernel_worker(job)
     import torch
 
     import qcore
@@ -280,6 +341,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{f('prefill_tokens_per_s', '{:.0f}')} | {f('quantize_s', '{:.1f}')} | {f('quantize_peak_rss', '{:.0f}', 2**20)} | "
                 f"{f('load_s')} | {f('load_peak_rss', '{:.0f}', 2**20)} |")
         lines.append("")
+    if results.get("kernels"):
+        lines += [f"## Kernels: one layer ({KERNEL_LAYER} of SmolLM2-135M, 576 × 1536)", "",
+                  "Forward of one quantized layer at 1 row (decoding) and 64 rows (prefill), median of repeats, each path in "
+                  "its own process. *native*: qcore's C kernels (`qcore.lut4`, built for this CPU); *plain torch*: the "
+                  "same plugin with `QCORE_NATIVE=0` (what a machine without a C compiler runs). The Triton GPU kernels "
+                  "are not measured here: no GPU on this machine.", "",
+                  "| path | 1 row ms | × float32 | 64 rows ms | × float32 |", "|---|---|---|---|---|"]
+        base = next((k for k in results["kernels"] if k["name"] == "float32 F.linear" and "error" not in k), None)
+        for k in results["kernels"]:
+            if "error" in k:
+                lines.append(f"| {k['name']} | failed: {k['error'].replace('|', '/')} ||||")
+                continue
+            ratio = {r: (f"{base[f'ms_{r}'] / k[f'ms_{r}']:.2f}" if base else "–") for r in KERNEL_ROWS}
+            lines.append(f"| {k['name']} | {k['ms_1']:.3f} | {ratio[1]} | {k['ms_64']:.3f} | {ratio[64]} |")
+        lines += ["", "× float32 above 1 means faster than the float32 layer.", ""]
     if results.get("memory_checks"):
         lines += ["## Load-memory checks", ""]
         lines += [f"- {c}" for c in results["memory_checks"]]
@@ -340,6 +416,24 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
+def kernel_series(float_dir: Path, saved: Path, presets: list[str], timeout: int) -> list[dict[str, Any]]:
+    """Per-layer kernel timings: float baselines, each saved qcore preset native and plain torch, bitsandbytes."""
+    jobs = [{"name": "float32 F.linear", "path": "float", "dtype": "float32", "src": str(float_dir)},
+            {"name": "bfloat16 F.linear", "path": "float", "dtype": "bfloat16", "src": str(float_dir)}]
+    for preset in presets:
+        for native in (True, False):
+            jobs.append({"name": f"{preset} ({'native' if native else 'plain torch'})", "path": "qcore", "native": native,
+                         "src": str(saved / preset)})
+    jobs.append({"name": "bitsandbytes nf4 (its CPU kernel)", "path": "bitsandbytes", "src": str(float_dir)})
+    rows = []
+    for job in jobs:
+        job["kind"] = "kernel"
+        print(f"[kernels] {job['name']} ...", flush=True)
+        rows.append(run_job(job, timeout))
+        print(f"    {json.dumps({k: v for k, v in rows[-1].items() if k != 'module'})}", flush=True)
+    return rows
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import qcore
     from qcore.testdata import cache_dir, smollm2_checkpoint
@@ -369,6 +463,8 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = series("SmolLM2-135M", small, small, presets, args.upstream)
     results["models"]["SmolLM2-135M"] = rows
     results["memory_checks"] += memory_checks(rows, _size(small), 49152 * 576 * 4, "SmolLM2-135M")
+    results["kernels"] = kernel_series(small, work / "SmolLM2-135M", [r["name"] for r in rows if r["kind"] == "qcore" and "error" not in r],
+                                       args.timeout)
     if not args.skip_big:
         big = synthetic_llama(work)
         big_rows = series("synthetic llama 1.1B (random weights)", big, None,

@@ -19,6 +19,7 @@ multiply.
 from __future__ import annotations
 
 import ctypes
+import threading
 from pathlib import Path
 
 import torch
@@ -45,10 +46,36 @@ def supported(packed: torch.Tensor, blocksize: int, shape: tuple[int, ...]) -> b
             and len(shape) == 2 and shape[1] % blocksize == 0 and lib() is not None)
 
 
+_scratch = threading.local()
+
+
+def scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A per-thread buffer of at least ``numel`` elements, reused across calls.
+
+    For a dequantized weight that lives only inside one forward (no autograd): writing into
+    fresh memory each time costs a page fault per 4 KiB (for SmolLM2's MLP layers that nearly
+    doubles the prefill time), while this buffer stays mapped. Its size is the largest layer seen.
+    """
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, blocksize: int, shape: tuple[int, ...],
-               code: torch.Tensor, dtype: torch.dtype = torch.float32, library: ctypes.CDLL | None = None) -> torch.Tensor:
-    """W in ``dtype``: float32 products ``code * scale``, rounded to ``dtype`` (bit-identical to doing it in torch)."""
-    out = torch.empty(shape, dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+               code: torch.Tensor, dtype: torch.dtype = torch.float32, library: ctypes.CDLL | None = None,
+               reuse: bool = False) -> torch.Tensor:
+    """W in ``dtype``: float32 products ``code * scale``, rounded to ``dtype`` (bit-identical to doing it in torch).
+
+    ``reuse=True`` writes into this thread's :func:`scratch` buffer (float32 or bfloat16 only): the
+    result is overwritten by the next call, so use it at once and never keep it (nor let autograd).
+    """
+    out_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    n = 1
+    for d in shape:
+        n *= d
+    out = scratch(n, out_dtype).view(shape) if reuse and out_dtype == dtype else torch.empty(shape, dtype=out_dtype)
     code, scales, packed = code.float().contiguous(), scales.float().contiguous(), packed.contiguous()
     (library or lib()).qc_lut4_dequant(packed.data_ptr(), scales.data_ptr(), code.data_ptr(), out.numel(), blocksize,
                                        out.data_ptr(), int(out.dtype == torch.bfloat16), native.num_threads())

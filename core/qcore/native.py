@@ -17,7 +17,9 @@ kernels take their thread count from ``torch.get_num_threads()``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import importlib
 import logging
 import os
 import platform
@@ -26,6 +28,7 @@ import subprocess
 import sysconfig
 import tempfile
 import threading
+import types
 import warnings
 from pathlib import Path
 
@@ -126,6 +129,18 @@ def _build_and_load(name: str, source: Path, signatures: dict[str, tuple], march
     warnings.warn(f"qcore: could not build the native kernels {name}; using the plain-torch kernels, which are "
                   f"slower. {cc} said: {' / '.join(dict.fromkeys(errors))}", RuntimeWarning, stacklevel=3)
     return None
+
+
+@functools.cache
+def optional_module(name: str) -> types.ModuleType | None:
+    """Import ``name`` once, or None when it (or something it imports, e.g. triton) is missing.
+
+    For a plugin's GPU kernel module, imported only when a CUDA tensor needs it.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def num_threads() -> int:

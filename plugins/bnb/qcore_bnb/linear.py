@@ -7,25 +7,18 @@ writes the same checkpoint as saving before it.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
-from qcore import lut4
+from qcore import lut4, native
 
 from . import kernels
 from .format import QuantState4bit
 
 
-@functools.cache
 def triton_kernels():
     """The Triton GPU kernels, or None where Triton is not installed (CUDA then uses plain torch)."""
-    try:
-        from . import triton_kernels as module
-    except ImportError:
-        return None
-    return module
+    return native.optional_module("qcore_bnb.triton_kernels")
 
 
 class Linear4bit(nn.Module):
@@ -76,25 +69,24 @@ class Linear4bit(nn.Module):
                                        dtype or self.compute_dtype, table=self.table)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = x.dtype
+        s, out_dtype = self.state, x.dtype
         rows = x.numel() // self.in_features
-        if (self.native and rows <= self.gemv_max_rows and x.device.type == "cpu" and self.weight.device.type == "cpu"
-                and not (torch.is_grad_enabled() and x.requires_grad)):
-            s = self.state
-            y = lut4.matmul(x.reshape(rows, self.in_features), self.weight, self.absmax, s.blocksize, s.shape, s.quant_map)
-            if self.bias is not None:
-                y += self.bias.float()
-            return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
-        if x.is_cuda and triton_kernels() is not None and len(self.state.shape) == 2 and not (torch.is_grad_enabled() and x.requires_grad):
-            s = self.state
-            y = triton_kernels().matmul(x.reshape(rows, self.in_features).to(self.compute_dtype), self.weight, self.absmax,
-                                        s.blocksize, s.shape, s.quant_map)
-            if self.bias is not None:
-                y += self.bias.to(y.dtype)
-            return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
+        x2 = x.reshape(rows, self.in_features)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        y = nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
-        return y.to(out_dtype)
+        inference = not (torch.is_grad_enabled() and x.requires_grad)
+        if inference and self.native and x.device.type == "cpu" and self.weight.device.type == "cpu":
+            if rows <= self.gemv_max_rows:
+                y = lut4.matmul(x2, self.weight, self.absmax, s.blocksize, s.shape, s.quant_map)
+                y = y if bias is None else y + bias.float()
+            else:  # the weight lives in a reused buffer for this one product
+                w = lut4.dequantize(self.weight, self.absmax, s.blocksize, s.shape, s.quant_map, self.compute_dtype, reuse=True)
+                y = nn.functional.linear(x2.to(self.compute_dtype), w, bias)
+        elif inference and x.is_cuda and triton_kernels() is not None and len(s.shape) == 2:
+            y = triton_kernels().matmul(x2.to(self.compute_dtype), self.weight, self.absmax, s.blocksize, s.shape, s.quant_map)
+            y = y if bias is None else y + bias
+        else:
+            y = nn.functional.linear(x2.to(self.compute_dtype), self.dequantized_weight(), bias)
+        return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         out = {"weight": self.weight, **self.state.tensors()}

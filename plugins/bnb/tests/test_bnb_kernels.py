@@ -182,3 +182,17 @@ def test_native_kernels_are_used_and_agree_with_the_torch_path(monkeypatch):
         slow = x @ kernels.dequantize_4bit_reference(packed, absmax, 64, (96, 128), kernels.code_4bit("nf4")).T + b
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     assert len(calls) == 2  # the two decode-sized inputs; 120 rows go through dequantize + matmul
+
+
+def test_prefill_reuses_one_buffer_and_stays_correct_across_layers():
+    torch.manual_seed(6)
+    code = kernels.code_4bit("nf4")
+    layers = [(torch.randn(n, k), (n, k)) for n, k in ((64, 256), (128, 64), (64, 256))]
+    quantized = [(*kernels.quantize_4bit(w, 64, "nf4"), shape) for w, shape in layers]
+    first = lut4.dequantize(*quantized[0][:2], 64, quantized[0][2], code, reuse=True)
+    ptr = first.data_ptr()
+    for packed, absmax, shape in quantized[1:] + quantized[:1]:
+        w = lut4.dequantize(packed, absmax, 64, shape, code, reuse=True)
+        assert w.data_ptr() == ptr  # the same memory every time: no fresh pages per layer
+        assert torch.equal(w, kernels.dequantize_4bit_reference(packed, absmax, 64, shape, code))
+    assert lut4.dequantize(*quantized[0][:2], 64, quantized[0][2], code).data_ptr() != ptr  # default: a new tensor

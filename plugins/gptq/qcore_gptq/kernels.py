@@ -91,7 +91,9 @@ class Int4LutWeight:
             x2 = x2.float()
             y = lut4.matmul(x2, self.packed, self.scales, self.group_size, self.shape, self.code)
         else:
-            y = x2 @ lut4.dequantize(self.packed, self.scales, self.group_size, self.shape, self.code, x.dtype).T
+            w = lut4.dequantize(self.packed, self.scales, self.group_size, self.shape, self.code, x.dtype,
+                                reuse=not (torch.is_grad_enabled() and x.requires_grad))
+            y = x2 @ w.T
         y -= x2.view(x2.shape[0], -1, self.group_size).sum(-1, dtype=y.dtype) @ self.scaled_zeros.to(y.dtype)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 

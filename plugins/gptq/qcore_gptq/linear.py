@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
+
+from qcore import native
 
 from . import kernels
 
 
-@functools.cache
 def triton_kernels():
     """The Triton GPU kernel, or None where Triton is not installed (CUDA then uses the reference)."""
-    try:
-        from . import triton_kernels as module
-    except ImportError:
-        return None
-    return module
+    return native.optional_module("qcore_gptq.triton_kernels")
 
 
 class GPTQQuantLinear(nn.Module):

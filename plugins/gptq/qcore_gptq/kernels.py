@@ -86,15 +86,16 @@ class Int4LutWeight:
         self.code = torch.arange(16, dtype=torch.float32)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _permute_pad(x, self.perm, self.pad)
+        # float32 throughout: s*q and s*z are each larger than their difference, so a 16-bit
+        # product would lose the bits the subtraction needs
+        x2 = _permute_pad(x, self.perm, self.pad).float()
         if x2.shape[0] <= self.gemv_rows:
-            x2 = x2.float()
             y = lut4.matmul(x2, self.packed, self.scales, self.group_size, self.shape, self.code)
         else:
-            w = lut4.dequantize(self.packed, self.scales, self.group_size, self.shape, self.code, x.dtype,
+            w = lut4.dequantize(self.packed, self.scales, self.group_size, self.shape, self.code, torch.float32,
                                 reuse=not (torch.is_grad_enabled() and x.requires_grad))
             y = x2 @ w.T
-        y -= x2.view(x2.shape[0], -1, self.group_size).sum(-1, dtype=y.dtype) @ self.scaled_zeros.to(y.dtype)
+        y -= x2.view(x2.shape[0], -1, self.group_size).sum(-1) @ self.scaled_zeros
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 

@@ -60,3 +60,18 @@ def test_layouts_the_fast_path_cannot_take_keep_the_reference():
     layer.prepare_fast_path()
     assert layer.fast is None
     assert torch.allclose(layer(torch.eye(96)).T, layer.dequantized_weight())
+
+
+def test_int4_lut_kernel_takes_bfloat16_inputs():
+    torch.manual_seed(3)
+    W, X = torch.randn(64, 576), torch.randn(256, 576)
+    layer = layer_from(gptq_quantize(W, X.T @ X, bits=4, group_size=128, desc_act=True, sym=False), 576, 64, 4, 128)
+    layer.prepare_fast_path()
+    assert type(layer.fast).__name__ == "Int4LutWeight"
+    for rows in (1, 40):
+        x = torch.randn(rows, 576).bfloat16()
+        reference = x.double() @ layer.dequantized_weight(torch.float64).T
+        y = layer(x)
+        assert y.dtype == torch.bfloat16
+        # one bf16 rounding of the output, as a bf16 F.linear would have
+        torch.testing.assert_close(y.double(), reference, rtol=0, atol=2 ** -8 * reference.abs().max().item())

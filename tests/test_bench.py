@@ -37,3 +37,25 @@ def test_a_worker_measures_a_float_model_in_a_subprocess(float_dir):
     result = run_job({"name": "float32", "kind": "float", "dtype": "float32", "src": str(float_dir), "tokenizer": None}, 300)
     assert "error" not in result, result
     assert result["load_peak_rss"] >= 0 and result["decode_ms_per_token"] > 0 and result["prefill_tokens_per_s"] > 0
+
+
+def test_kernel_table_is_ratios_to_float32():
+    kernels = [{"name": "float32 F.linear", "kind": "kernel", "ms_1": 0.1, "ms_64": 1.0},
+               {"name": "m4 (native)", "kind": "kernel", "ms_1": 0.05, "ms_64": 2.0},
+               {"name": "m4 (plain torch)", "kind": "kernel", "error": "boom"}]
+    results = {"machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gb": 1, "torch": "t", "python": "p"},
+               "models": {}, "kernels": kernels}
+    text = markdown(results)
+    assert "| m4 (native) | 0.050 | 2.00 | 2.000 | 0.50 |" in text and "| m4 (plain torch) | failed: boom" in text
+
+
+def test_a_kernel_worker_times_one_layer(float_dir):
+    result = run_job({"name": "float32 F.linear", "kind": "kernel", "path": "float", "dtype": "float32", "src": str(float_dir)}, 300)
+    assert "error" not in result, result
+    assert result["ms_1"] > 0 and result["ms_64"] > 0
+
+
+def test_gptqmodel_row_without_its_env_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("QCORE_GPTQMODEL_PYTHON", str(tmp_path / "missing" / "python"))
+    result = run_job({"name": "gptqmodel-w4g128", "kind": "upstream", "src": str(tmp_path)}, 60)
+    assert "tox -e gptq-interop" in result["error"]

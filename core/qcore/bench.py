@@ -24,7 +24,11 @@ from typing import Any
 BIG_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                   num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
 PPL_TOKENS = 2048
-UPSTREAM = ["transformers-bnb-nf4", "transformers-bnb-int8", "hqq-4bit-g64", "torchao-int8-weight-only", "quanto-int8"]
+UPSTREAM = ["transformers-bnb-nf4", "transformers-bnb-int8", "gptqmodel-w4g128", "hqq-4bit-g64", "torchao-int8-weight-only",
+            "quanto-int8"]
+# gptqmodel 7.7 needs torch >= 2.14.1 (a CUDA build of several GB on PyPI), so it lives in its own
+# env (tox -e gptq-interop); its row runs there, found here or through QCORE_GPTQMODEL_PYTHON.
+GPTQMODEL_ENV_HINT = "build its env first: tox -e gptq-interop --notest (or set QCORE_GPTQMODEL_PYTHON)"
 
 
 # --- measurements inside a worker process ------------------------------------------------------
@@ -116,6 +120,7 @@ def kernel_worker(job: dict[str, Any]) -> dict[str, Any]:
         dtype = getattr(torch, job["dtype"])
         w = weight.to(dtype)
         layer = lambda x: torch.nn.functional.linear(x, w)  # noqa: E731
+        in_features = weight.shape[1]
     elif job["path"] == "bitsandbytes":
         import bitsandbytes as bnb
         import bitsandbytes.functional as bnbF
@@ -126,13 +131,13 @@ def kernel_worker(job: dict[str, Any]) -> dict[str, Any]:
         packed, state = bnbF.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
         dtype = torch.float32
         layer = lambda x: bnb.matmul_4bit(x, packed.t(), quant_state=state)  # noqa: E731
+        in_features = weight.shape[1]
     else:
         model = qcore.load_quantized(job["src"], progress=False)
         module = model.get_submodule(KERNEL_LAYER)
         result["module"] = repr(module)
         dtype = torch.float32
-        layer = module
-    in_features = 1536
+        layer, in_features = module, module.in_features
     with torch.no_grad():
         for rows in KERNEL_ROWS:
             x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
@@ -186,15 +191,18 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         result["load_s"] = time.perf_counter() - start
         result["load_peak_rss"] = _peak_since(baseline)
     else:
-        model = _upstream(name, src, result, baseline, start)
+        model = _upstream(job, tokenizer, result, baseline, start)
     result.update(_quality_and_speed(model, tokenizer, text))
     return result
 
 
-def _upstream(name: str, src: Path, result: dict[str, Any], baseline: int, start: float) -> Any:
+def _upstream(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], baseline: int, start: float) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    name, src = job["name"], Path(job["src"])
+    if name.startswith("gptqmodel"):
+        return _gptqmodel(job, tokenizer, result, baseline, start)
     if name.startswith("transformers-bnb"):
         from transformers import BitsAndBytesConfig
 
@@ -227,11 +235,54 @@ def _upstream(name: str, src: Path, result: dict[str, Any], baseline: int, start
     return model
 
 
+def _gptqmodel(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], baseline: int, start: float) -> Any:
+    """gptqmodel's GPTQ (4-bit, group 128, sym) on the same calibration windows as qcore's, then
+    its checkpoint loaded through transformers (gptqmodel's torch kernel: its default CPU kernel
+    refuses 576 inputs with group 128)."""
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from transformers import AutoModelForCausalLM, GPTQConfig
+
+    from qcore.calibration import calibration_windows
+    from qcore.testdata import calibration_text
+
+    windows = calibration_windows(calibration_text(), tokenizer, nsamples=16, seqlen=512)
+    data = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
+    model = GPTQModel.load(job["src"], QuantizeConfig(bits=4, group_size=128, desc_act=False, sym=True), device="cpu")
+    model.quantize(data, batch_size=4)
+    out = Path(job["out"])
+    model.save(str(out))
+    result["quantize_s"] = time.perf_counter() - start
+    result["quantize_peak_rss"] = _peak_since(baseline)
+    result["size_bytes"] = _size(out)
+    del model
+    baseline = _reset_peak()
+    start = time.perf_counter()
+    cfg = GPTQConfig(bits=4, group_size=128, desc_act=False, sym=True, backend="torch")
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", dtype=torch.float32, quantization_config=cfg).eval()
+    result["load_s"] = time.perf_counter() - start
+    result["load_peak_rss"] = _peak_since(baseline)
+    return model
+
+
+def gptqmodel_python() -> str | None:
+    """The Python of an env where gptqmodel imports: QCORE_GPTQMODEL_PYTHON, else tox's gptq-interop env."""
+    explicit = os.environ.get("QCORE_GPTQMODEL_PYTHON")
+    candidate = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / ".tox" / "gptq-interop" / "bin" / "python"
+    return str(candidate) if candidate.exists() else None
+
+
 # --- orchestration -------------------------------------------------------------------------------
 def run_job(job: dict[str, Any], timeout: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "qcore.bench", "--worker", json.dumps(job)]
+    python, env = sys.executable, None
+    if job["name"].startswith("gptqmodel"):
+        python = gptqmodel_python()
+        if python is None:
+            return {"name": job["name"], "kind": job["kind"], "error": f"gptqmodel needs torch >= 2.14.1: {GPTQMODEL_ENV_HINT}"}
+        env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [python, "-m", "qcore.bench", "--worker", json.dumps(job)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"name": job["name"], "kind": job["kind"], "error": f"timed out after {timeout}s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -450,7 +501,7 @@ def run_bench(args: argparse.Namespace) -> int:
     def series(model_name: str, src: Path, tokenizer: Path | None, preset_list: list[str], upstream: list[str]) -> list[dict]:
         jobs = [{"name": "float32", "kind": "float", "dtype": "float32"}, {"name": "bfloat16", "kind": "float", "dtype": "bfloat16"}]
         jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in preset_list]
-        jobs += [{"name": u, "kind": "upstream"} for u in upstream]
+        jobs += [{"name": u, "kind": "upstream", "out": str(work / model_name / u)} for u in upstream]
         rows = []
         for job in jobs:
             job.update(src=str(src), tokenizer=str(tokenizer) if tokenizer else None)

@@ -46,11 +46,12 @@ def test_int8_cpu_kernel_matches_the_reference():
     torch.manual_seed(1)
     W = torch.randn(40, 96)
     layer = layer_from(rtn_quantize(W, 8, -1, sym=True), 96, 40, 8, -1)
-    x = torch.randn(4, 96)
-    reference = layer(x)
     layer.prepare_fast_path()
     assert type(layer.fast).__name__ == "Int8CpuWeight"
-    assert torch.allclose(layer(x), reference, rtol=1e-4, atol=1e-3)
+    for rows in (4, 30):  # decode-sized (int8 GEMM) and prefill-sized (scaled weight + F.linear)
+        x = torch.randn(rows, 96)
+        reference = x.double() @ layer.dequantized_weight(torch.float64).T
+        torch.testing.assert_close(layer(x).double(), reference, rtol=1e-4, atol=1e-3)
 
 
 def test_layouts_the_fast_path_cannot_take_keep_the_reference():

@@ -75,3 +75,26 @@ def test_can_be_switched_off(fresh, monkeypatch):
 def test_optional_module_is_none_when_missing():
     assert native.optional_module("json") is __import__("json")
     assert native.optional_module("qcore_no_such_module_xyz") is None
+
+
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "native"])
+def test_int8_gemv_matches_float64_in_every_simd_variant(march):
+    import platform
+
+    import torch
+
+    from qcore import lut4
+
+    if march != "native" and platform.machine() not in ("x86_64", "AMD64"):
+        march = "native"
+    library = lut4.lib(march)
+    assert library is not None, "qcore/lut4.c did not build: is a C compiler installed?"
+    torch.manual_seed(0)
+    for n, k in ((40, 100), (7, 576), (3, 33)):  # K not a multiple of the SIMD width: the scalar tail
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+        scales = torch.rand(n) + 0.01
+        for rows in (1, 3):
+            x = torch.randn(rows, k)
+            y = lut4.int8_matmul(x, w, scales, library=library)
+            exact = x.double() @ (w.double() * scales.double()[:, None]).T
+            torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max().item())

@@ -375,7 +375,17 @@ def markdown(results: dict[str, Any]) -> str:
              "transformers memory-maps a float32 checkpoint, so its pages count only once touched (after the load).",
              "", "Perplexity: GPL-3 text, first 2048 tokens, windows of 512 ([protocol](evaluation.md)); "
              "calibration (GPTQ): 16×512 tokens of other licence texts. Size: safetensors bytes on disk for qcore and "
-             "float rows; for upstream rows, the bytes of the quantized model's state dict in memory.", ""]
+             "float rows; for upstream rows, the bytes of the quantized model's state dict in memory. qcore keeps the "
+             "tensors it does not quantize (SmolLM2's tied 49152 × 576 embedding, norms) in the checkpoint's dtype, "
+             "float32 here; gptqmodel saves them in float16, hence its smaller file.", "",
+             "Upstream rows: transformers 5.23 + bitsandbytes 0.50.2 (nf4 with double quant and float32 compute, "
+             "LLM.int8); gptqmodel 7.7.0 (GPTQ 4-bit, group 128, sym, on the same calibration windows as qcore) runs "
+             "in its own env, `tox -e gptq-interop`, because it needs torch 2.14.1, and is loaded through transformers "
+             "with its torch kernel (its default CPU kernel refuses 576 inputs with group 128); hqq 4-bit group 64, "
+             "torchao int8 weight-only and optimum-quanto int8 are applied to the float32 model directly "
+             "(transformers 5.23 refuses HQQ; quanto's models cannot be saved through transformers 5). "
+             "GPTQ on the random-weight 1.1B model has no text to calibrate on, so it runs as round-to-nearest while "
+             "loading.", ""]
     for model_name, rows in results["models"].items():
         lines += [f"## {model_name}", "",
                   "| method | kind | size MB | size × | ppl | ppl × | decode ms/tok | decode × | prefill tok/s | quantize s | "

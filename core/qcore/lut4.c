@@ -36,6 +36,8 @@ static inline vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 static inline vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm512_set1_ps(f); }
 static inline float v_sum(vec v) { return _mm512_reduce_add_ps(v); }
+/* 16 int8 -> float */
+static inline vec v_load_i8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #define QC_SIMD 8
 typedef struct { __m256 lo, hi; } codes2;
@@ -59,6 +61,8 @@ static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); 
 static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm256_set1_ps(f); }
+/* 8 int8 -> float */
+static inline vec v_load_i8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
 static inline float v_sum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -80,6 +84,7 @@ static inline vec v_mul(vec a, vec b) { vec r = {{a.v[0] * b.v[0], a.v[1] * b.v[
 static inline vec v_add(vec a, vec b) { vec r = {{a.v[0] + b.v[0], a.v[1] + b.v[1]}}; return r; }
 static inline vec v_set1(float f) { vec r = {{f, f}}; return r; }
 static inline float v_sum(vec v) { return v.v[0] + v.v[1]; }
+static inline vec v_load_i8(const int8_t *p) { vec r = {{(float)p[0], (float)p[1]}}; return r; }
 #endif
 
 /* float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16)) */
@@ -155,5 +160,30 @@ void qc_lut4_gemm(const float *x, int64_t M, int64_t K, const uint8_t *packed, c
             }
         }
         for (int64_t m = 0; m < M; m++) y[m * N + n] = v_sum(acc[m]);
+    }
+}
+
+/* y (M, N) = x (M, K) @ (W * scale).T with W int8 (N, K) row-major and one float32 scale per row:
+ * the 8-bit weight-only GEMV (decoding), float32 accumulation. K % QC_SIMD == 0 is not required. */
+void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales, int64_t N, float *y,
+                  int threads) {
+    const int64_t kv = K - K % QC_SIMD;
+    (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *row = w + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            vec s0 = v_zero(), s1 = v_zero();
+            int64_t k = 0;
+            for (; k + 2 * QC_SIMD <= kv; k += 2 * QC_SIMD) {
+                s0 = v_fma(v_load_i8(row + k), v_load(xm + k), s0);
+                s1 = v_fma(v_load_i8(row + k + QC_SIMD), v_load(xm + k + QC_SIMD), s1);
+            }
+            for (; k < kv; k += QC_SIMD) s0 = v_fma(v_load_i8(row + k), v_load(xm + k), s0);
+            float acc = v_sum(v_add(s0, s1));
+            for (; k < K; k++) acc += (float)row[k] * xm[k];
+            y[m * N + n] = acc * scales[n];
+        }
     }
 }

@@ -13,7 +13,8 @@ after the product (``sum_k x_k s z`` per group, one small matmul).
 The kernels keep the code in one SIMD register (AVX-512; two with AVX2) and decode nibbles
 with register permutes; a portable C loop serves other CPUs. The GEMM never materializes W
 and is built for few rows (decoding); for many rows, dequantize (also in C) and let torch
-multiply.
+multiply. The same file has the 8-bit sibling, :func:`int8_matmul` (int8 weights, one scale
+per output row).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def lib(march: str = "native") -> ctypes.CDLL | None:
         "qc_lut4_dequant": (None, _P, _P, _P, _I64, _I64, _P, _I32, _I32),
         "qc_lut4_gemm": (None, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I32),
         "qc_lut4_simd_width": (_I32,),
+        "qc_int8_gemm": (None, _P, _I64, _I64, _P, _P, _I64, _P, _I32),
     }, march=march)
 
 
@@ -96,4 +98,18 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, blocksiz
     code, scales = code.float().contiguous(), scales.float().contiguous()
     (library or lib()).qc_lut4_gemm(x.data_ptr(), x.shape[0], k, packed.contiguous().data_ptr(), scales.data_ptr(),
                                     code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
+    return y
+
+
+def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, library: ctypes.CDLL | None = None) -> torch.Tensor:
+    """``x @ (weight * scales[:, None]).T`` for int8 ``weight (N, K)`` and float32 ``scales (N,)``:
+    ``(m, K)`` -> float32 ``(m, N)``, ``m <= MAX_ROWS``, float32 accumulation. CPU only; check :func:`lib`."""
+    x = x.float().contiguous()
+    if x.shape[0] > MAX_ROWS:
+        raise ValueError(f"lut4.int8_matmul takes at most {MAX_ROWS} rows, got {x.shape[0]}; dequantize and multiply instead")
+    n, k = weight.shape
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    weight, scales = weight.contiguous(), scales.float().contiguous()
+    (library or lib()).qc_int8_gemm(x.data_ptr(), x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n, y.data_ptr(),
+                                    native.num_threads())
     return y

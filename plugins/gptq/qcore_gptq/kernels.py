@@ -6,8 +6,8 @@
   ``x @ ((q - 8) * scale + zero)``; GPTQ's ``scale * (q - z)`` maps onto it with
   ``zero = scale * (8 - z)``. Act-order is handled by permuting the input columns so every
   group is contiguous; a partial last group (e.g. 576 = 4*128 + 64) is padded with zero inputs.
-- 8-bit CPU: ``_weight_int8pack_mm`` (per-channel scale), when there is one group per row
-  and the zero point is the symmetric 128; otherwise the reference.
+- 8-bit CPU, one group per row with the symmetric zero point 128: qcore's native int8 GEMV
+  (``_weight_int8pack_mm`` without a C compiler); otherwise the reference.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def int4_cpu_supported(bits: int, group_size: int, in_features: int) -> bool:
 class Int8CpuWeight:
     """A GPTQ 8-bit layer with one symmetric group per row: int8 weights and one scale per output.
 
-    Up to ``gemv_rows`` rows (decoding), torch's ``_weight_int8pack_mm``; more rows (prefill), the
+    Up to ``gemv_rows`` rows (decoding), qcore's native int8 GEMV (:func:`qcore.lut4.int8_matmul`; torch's
+    ``_weight_int8pack_mm`` without a C compiler, 5x slower here); more rows (prefill), the
     int8 weight is scaled into x's dtype in one pass and torch multiplies (the reference unpacks
     the int32 words and gathers by ``g_idx``: 20x slower at 64 rows).
     """
@@ -149,11 +150,14 @@ class Int8CpuWeight:
         q = unpack_qweight(qweight, 8, in_features).to(torch.int16)  # (in, out), zero point 128
         self.weight = (q - 128).to(torch.int8).T.contiguous()
         self.scales = scales.float()[0].contiguous()
+        self.native = self.weight.device.type == "cpu" and lut4.lib() is not None
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.shape[0] <= self.gemv_rows:
+        if x2.shape[0] <= self.gemv_rows and self.native:
+            y = lut4.int8_matmul(x2, self.weight, self.scales).to(x.dtype)
+        elif x2.shape[0] <= self.gemv_rows:
             y = torch.ops.aten._weight_int8pack_mm(x2.float().contiguous(), self.weight, self.scales).to(x.dtype)
         elif x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
             w = torch.mul(self.weight, self.scales.unsqueeze(1), out=lut4.scratch(self.weight.numel(), torch.float32).view(self.weight.shape))

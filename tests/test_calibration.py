@@ -124,3 +124,25 @@ def test_too_short_text_is_a_clear_error():
 def test_calibration_method_without_data_is_an_error(plugin):
     with pytest.raises(CalibrationError, match="calibration="):
         qcore.quantize(tiny_llama(), RecordConfig())
+
+
+def test_stopping_observing_forwards_early_changes_nothing(plugin, monkeypatch):
+    import qcore.calibration as calibration
+
+    ids = torch.randint(0, 256, (20, 16), generator=torch.Generator().manual_seed(2))  # 3 batches of up to 8
+    results = {}
+    for early in (True, False):
+        monkeypatch.setattr(calibration, "EARLY_STOP", early)
+        plugin.batches.clear()
+        model, runs = tiny_llama(), []
+        model.model.layers[0].mlp.act_fn.register_forward_hook(lambda *_: runs.append(1))  # the MLP's middle
+        model = qcore.quantize(model, RecordConfig(true_sequential=True), calibration=ids, progress=False)
+        results[early] = ({n: [b.clone() for b in v] for n, v in plugin.batches.items()},
+                          {k: v.clone() for k, v in model.state_dict().items()}, len(runs))
+    (seen_a, state_a, runs_a), (seen_b, state_b, runs_b) = results[True], results[False]
+    assert runs_a < runs_b  # the early stop did skip the rest of the block
+    assert seen_a.keys() == seen_b.keys()
+    for name in seen_a:
+        assert len(seen_a[name]) == len(seen_b[name]) == 3, name  # every batch observed once
+        assert all(torch.equal(x, y) for x, y in zip(seen_a[name], seen_b[name], strict=True)), name
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)

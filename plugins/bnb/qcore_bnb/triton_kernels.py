@@ -50,13 +50,18 @@ def _matmul_kernel(x_ptr, packed_ptr, absmax_ptr, code_ptr, y_ptr, M, N, K, bloc
              mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+def _on(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """float32, contiguous, on ``like``'s device (the 16-value code may still sit on the CPU)."""
+    return t.to(device=like.device, dtype=torch.float32).contiguous()
+
+
 def dequantize(packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, shape: tuple[int, int], code: torch.Tensor,
                dtype: torch.dtype) -> torch.Tensor:
     n, k = shape
     out = torch.empty(shape, dtype=dtype, device=packed.device)
     block = 1024
-    _dequant_kernel[(triton.cdiv(n * k, block),)](packed.view(torch.uint8).reshape(-1), absmax.float().contiguous(),
-                                                  code.float().contiguous(), out, n, k, blocksize, BLOCK=block)
+    _dequant_kernel[(triton.cdiv(n * k, block),)](packed.view(torch.uint8).reshape(-1), _on(absmax, packed),
+                                                  _on(code, packed), out, n, k, blocksize, BLOCK=block)
     return out
 
 
@@ -69,6 +74,6 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, blocksiz
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     block_m = 16 if m <= 16 else 64
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, 64))
-    _matmul_kernel[grid](x, packed.view(torch.uint8).reshape(-1), absmax.float().contiguous(), code.float().contiguous(),
+    _matmul_kernel[grid](x, packed.view(torch.uint8).reshape(-1), _on(absmax, packed), _on(code, packed),
                          y, m, n, k, blocksize, BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64, IEEE=x.dtype == torch.float32)
     return y

@@ -135,7 +135,7 @@ def test_stopping_observing_forwards_early_changes_nothing(plugin, monkeypatch):
         monkeypatch.setattr(calibration, "EARLY_STOP", early)
         plugin.batches.clear()
         model, runs = tiny_llama(), []
-        model.model.layers[0].mlp.act_fn.register_forward_hook(lambda *_: runs.append(1))  # the MLP's middle
+        model.model.layers[0].mlp.act_fn.register_forward_hook(lambda *_, _runs=runs: _runs.append(1))  # the MLP's middle
         model = qcore.quantize(model, RecordConfig(true_sequential=True), calibration=ids, progress=False)
         results[early] = ({n: [b.clone() for b in v] for n, v in plugin.batches.items()},
                           {k: v.clone() for k, v in model.state_dict().items()}, len(runs))

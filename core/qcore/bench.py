@@ -445,7 +445,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         axes[1].scatter(r["size_bytes"] / 1e6, r["decode_ms_per_token"], color=color)
         axes[1].annotate(r["name"], (r["size_bytes"] / 1e6, r["decode_ms_per_token"]), fontsize=7)
     axes[0].set(xlabel="size on disk (MB)", ylabel="perplexity (GPL-3)", title="SmolLM2-135M: size vs perplexity")
-    axes[1].set(xlabel="size on disk (MB)", ylabel="decode ms/token (batch 1)", title="size vs decode latency")
+    axes[1].set(xlabel="size on disk (MB)", ylabel="decode ms/token (batch 1, log scale)", title="size vs decode latency",
+                yscale="log")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

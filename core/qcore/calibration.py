@@ -283,7 +283,6 @@ def _calibrate_group(model: nn.Module, block: nn.Module, group: list[str], modul
                                         output=output.detach(), config=modules[_full])
             seen.add(_full)
             if can_stop and len(seen) == len(group):
-                seen.clear()
                 raise _StopForward
 
         handles.append(module.register_forward_hook(observe))

@@ -95,8 +95,6 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-int qc_lut4_simd_width(void) { return QC_SIMD; }
-
 /* out[i] = code[nibble i] * absmax[i / blocksize] for n values (n % blocksize == 0).
  * out_bf16: 0 writes float32, 1 writes bfloat16 bits. */
 void qc_lut4_dequant(const uint8_t *packed, const float *absmax, const float *code, int64_t n, int64_t blocksize,

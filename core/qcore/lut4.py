@@ -20,6 +20,7 @@ per output row).
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from pathlib import Path
 
@@ -37,7 +38,6 @@ def lib(march: str = "native") -> ctypes.CDLL | None:
     return native.load(f"qcore.lut4.{march}", Path(__file__).with_name("lut4.c"), {
         "qc_lut4_dequant": (None, _P, _P, _P, _I64, _I64, _P, _I32, _I32),
         "qc_lut4_gemm": (None, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I32),
-        "qc_lut4_simd_width": (_I32,),
         "qc_int8_gemm": (None, _P, _I64, _I64, _P, _P, _I64, _P, _I32),
     }, march=march)
 
@@ -74,10 +74,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, blocksize: int, shape
     result is overwritten by the next call, so use it at once and never keep it (nor let autograd).
     """
     out_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-    n = 1
-    for d in shape:
-        n *= d
-    out = scratch(n, out_dtype).view(shape) if reuse and out_dtype == dtype else torch.empty(shape, dtype=out_dtype)
+    out = scratch(math.prod(shape), out_dtype).view(shape) if reuse and out_dtype == dtype else torch.empty(shape, dtype=out_dtype)
     code, scales, packed = code.float().contiguous(), scales.float().contiguous(), packed.contiguous()
     (library or lib()).qc_lut4_dequant(packed.data_ptr(), scales.data_ptr(), code.data_ptr(), out.numel(), blocksize,
                                        out.data_ptr(), int(out.dtype == torch.bfloat16), native.num_threads())

@@ -73,6 +73,7 @@ def _compile(cc: str, source: Path, out: Path, flags: list[str]) -> None:
             os.unlink(tmp)
 
 
+@functools.cache
 def _cpu_signature() -> str:
     """What ``-march=native`` depends on: the CPU model and its feature flags (a cache shared
     between machines never hands one CPU a library built for another)."""

@@ -1,4 +1,4 @@
-"""Benchmarks (``tox -e bench`` / ``qcore bench``): every installed preset against float and upstream libraries.
+"""Benchmarks (``tox -e bench``, ``python benchmarks/bench.py``): every installed preset against float and upstream libraries.
 
 Every figure is measured in a fresh subprocess (so peak RSS is that job's alone: VmHWM is
 reset after imports) and reported absolute and as a ratio to the float32 baseline of the
@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from upstream import UPSTREAM_LOADERS  # benchmarks/upstream.py: one loader per upstream row
+
 BIG_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                   num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
 PPL_TOKENS = 2048
-UPSTREAM = ["transformers-bnb-nf4", "transformers-bnb-int8", "gptqmodel-w4g128", "hqq-4bit-g64", "torchao-int8-weight-only",
-            "quanto-int8"]
+UPSTREAM = ["gptqmodel-w4g128", *UPSTREAM_LOADERS]
 # gptqmodel 7.7 needs torch >= 2.14.1 (a CUDA build of several GB on PyPI), so it lives in its own
 # env (tox -e gptq-interop); its row runs there, found here or through QCORE_GPTQMODEL_PYTHON.
 GPTQMODEL_ENV_HINT = "build its env first: tox -e gptq-interop --notest (or set QCORE_GPTQMODEL_PYTHON)"
@@ -200,38 +201,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upstream(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], baseline: int, start: float) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from upstream import UPSTREAM_LOADERS
 
-    name, src = job["name"], Path(job["src"])
-    if name.startswith("gptqmodel"):
+    if job["name"].startswith("gptqmodel"):
         return _gptqmodel(job, tokenizer, result, baseline, start)
-    if name.startswith("transformers-bnb"):
-        from transformers import BitsAndBytesConfig
-
-        cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.float32)
-               if name.endswith("nf4") else BitsAndBytesConfig(load_in_8bit=True))
-        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=torch.float32).eval()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        if name.startswith("hqq"):
-            from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-
-            cfg = BaseQuantizeConfig(nbits=4, group_size=64)
-            for parent in list(model.modules()):
-                for child_name, child in list(parent.named_children()):
-                    if isinstance(child, torch.nn.Linear) and child_name != "lm_head":
-                        setattr(parent, child_name, HQQLinear(child, cfg, compute_dtype=torch.float32, device="cpu"))
-        elif name.startswith("torchao"):
-            from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-            quantize_(model, Int8WeightOnlyConfig())
-        elif name.startswith("quanto"):
-            from optimum.quanto import freeze, qint8, quantize
-
-            quantize(model, weights=qint8)
-            freeze(model)
+    model = UPSTREAM_LOADERS[job["name"]](Path(job["src"]))
     result["quantize_s"] = result["load_s"] = time.perf_counter() - start
     result["load_peak_rss"] = result["quantize_peak_rss"] = _peak_since(baseline)
     result["size_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -271,7 +245,7 @@ def _gptqmodel(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], base
 def gptqmodel_python() -> str | None:
     """The Python of an env where gptqmodel imports: QCORE_GPTQMODEL_PYTHON, else tox's gptq-interop env."""
     explicit = os.environ.get("QCORE_GPTQMODEL_PYTHON")
-    candidate = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / ".tox" / "gptq-interop" / "bin" / "python"
+    candidate = Path(explicit) if explicit else Path(__file__).resolve().parents[1] / ".tox" / "gptq-interop" / "bin" / "python"
     return str(candidate) if candidate.exists() else None
 
 
@@ -283,7 +257,7 @@ def run_job(job: dict[str, Any], timeout: int) -> dict[str, Any]:
         if python is None:
             return {"name": job["name"], "kind": job["kind"], "error": f"gptqmodel needs torch >= 2.14.1: {GPTQMODEL_ENV_HINT}"}
         env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [python, "-m", "qcore.bench", "--worker", json.dumps(job)]
+    cmd = [python, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -369,7 +343,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = ["# Benchmarks", "",
-             f"Generated by `tox -e bench` (`python -m qcore.bench`) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
+             f"Generated by `tox -e bench` (`python benchmarks/bench.py`) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
              f"{m['memory_gb']} GB RAM, torch {m['torch']}, Python {m['python']}, no GPU. Every ratio is against the "
              "float32 row of the same run. Peak RSS is measured in a fresh process per row (VmHWM after imports); "
              "transformers memory-maps a float32 checkpoint, so its pages count only once touched (after the load).",
@@ -548,7 +522,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qcore.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
     add_bench_arguments(parser)
     return run_bench(parser.parse_args(argv))
 

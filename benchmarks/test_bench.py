@@ -2,7 +2,7 @@
 
 import json
 
-from qcore.bench import add_ratios, markdown, memory_checks, run_job
+from bench import add_ratios, markdown, memory_checks, run_job
 
 
 def rows():

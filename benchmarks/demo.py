@@ -77,7 +77,7 @@ def answer(model: torch.nn.Module, tokenizer: Any, question: str, max_new_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qcore.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="*", help="presets to run (default: every installed one)")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +11,6 @@ def fresh_registry():
     reset_registry()
     yield
     reset_registry()
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    from qcore.testdata import tiny_llama
-
-    return tiny_llama()
-
-
-@pytest.fixture(scope="session")
-def float_dir(tmp_path_factory, tiny_model) -> Path:
-    path = tmp_path_factory.mktemp("float") / "tiny"
-    tiny_model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str |
     (info / "entry_points.txt").write_text(f"[qcore]\n{entry_name or module} = {module}\n")
 
 
-def run_python(code: str, *, env_extra: dict | None = None, path: Path | None = None):
+def run_python(code: str, *, env_extra: dict | None = None, path: Path | None = None, stdin: str = ""):
     import os
     import subprocess
 
@@ -22,6 +22,6 @@ def run_python(code: str, *, env_extra: dict | None = None, path: Path | None = 
     env.update(env_extra or {})
     if path is not None:
         env["PYTHONPATH"] = str(path) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, input=stdin)
 
 

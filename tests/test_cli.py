@@ -28,7 +28,7 @@ def test_the_console_script_is_installed():
     assert result.returncode == 0 and "example_int8" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["plugins", "inspect", "quantize", "eval", "bench", None])
+@pytest.mark.parametrize("command", ["plugins", "inspect", "quantize", "eval", None])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"] if command else ["--help"])
@@ -67,3 +67,25 @@ def test_existing_output_is_not_overwritten(float_dir, tmp_path):
     out.mkdir()
     result = run_cli("quantize", str(float_dir), str(out), "--preset", "example-int8")
     assert result.returncode == 1 and "--overwrite" in result.stderr
+
+
+def test_help_and_the_plugin_list_do_not_import_torch():
+    """`qcore --help` and `qcore plugins` answer without the seconds torch takes to import (core side)."""
+    from core_helpers import run_python
+
+    code = ("import sys\nfrom qcore.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "main(['plugins'])\nprint('torch' in sys.modules)")
+    result = run_python(code, env_extra={"QCORE_PLUGINS": "none"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_public_functions_show_their_real_signatures():
+    import inspect
+
+    import qcore
+
+    assert "trust_remote_code" in inspect.signature(qcore.load_quantized).parameters
+    assert "calibration" in inspect.signature(qcore.quantize).parameters
+    assert "overwrite" in inspect.signature(qcore.save_quantized).parameters
+    assert "Load a checkpoint" in qcore.load_quantized.__doc__

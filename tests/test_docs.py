@@ -49,3 +49,11 @@ def test_relative_links_in_docs_resolve():
     for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_hook_reference_is_generated_from_the_specs():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_hooks_doc.py"), "--check"], capture_output=True)
+    assert result.returncode == 0, "docs/hooks.md is stale: run python tools/gen_hooks_doc.py"

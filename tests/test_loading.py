@@ -164,12 +164,53 @@ def test_in_memory_quantize_and_dequantize(tiny_model, tokens):
 
 
 def test_is_trainable_asks_the_plugin(float_dir):
-    class Trainable:
-        @qcore.hookimpl
+    seen = []
+
+    class WatchTrainable:  # an observer may wrap a firstresult hook (and see the owner's answer)
+        @qcore.hookimpl(wrapper=True)
         def is_trainable(self):
-            return True
+            answer = yield
+            seen.append(answer)
+            return answer
 
     model = qcore.load_quantized(float_dir, "example-int8", progress=False)
     assert qcore.is_trainable(model) is False  # the example plugin does not implement the hook
-    registry().register(Trainable(), "trainable-observer")
-    assert qcore.is_trainable(model) is True
+    registry().register(WatchTrainable(), "trainable-observer")
+    assert qcore.is_trainable(model) is False and seen == [None]
+
+
+def test_an_observer_cannot_take_over_a_firstresult_hook(float_dir):
+    """A method-less plugin answering create_quantized_param would leave the owner's modules on meta."""
+    from qcore.errors import PluginError
+
+    class Hijacker:
+        @qcore.hookimpl
+        def create_quantized_param(self):
+            return True
+
+    with pytest.raises(PluginError, match="observer.*create_quantized_param.*wrapper=True"):
+        registry().register(Hijacker(), "hijacker")
+    assert "hijacker" not in registry().plugins
+    model = qcore.load_quantized(float_dir, "example-int8", progress=False)
+    assert not any(t.device.type == "meta" for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("source", ["factory", "instance"])
+def test_torch_dtype_applies_to_a_given_model(float_dir, tokens, source):
+    """torch_dtype is honoured for model= (a factory or a meta instance) as for a model built from config.json."""
+    from accelerate import init_empty_weights
+    from transformers import LlamaForCausalLM
+
+    from qcore.testdata import tiny_llama_config
+
+    config = tiny_llama_config()
+    if source == "factory":
+        model_arg = lambda: LlamaForCausalLM(config)  # noqa: E731
+    else:
+        with init_empty_weights():
+            model_arg = LlamaForCausalLM(config)
+    model = qcore.load_quantized(float_dir, model=model_arg, torch_dtype=torch.bfloat16, progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    reference = qcore.load_quantized(float_dir, torch_dtype=torch.bfloat16, progress=False)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, reference(tokens).logits)

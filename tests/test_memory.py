@@ -50,3 +50,38 @@ def test_on_the_fly_load_never_holds_the_float_model(tmp_path):
     assert report["peak"] < int8_bytes + 4 * one_float_tensor + 32 * 2**20, report
     assert report["peak"] < float_bytes / 2, report
     print(f"peak {report['peak'] / 2**20:.0f} MiB for {float_bytes / 2**20:.0f} MiB float, {int8_bytes / 2**20:.0f} MiB int8")
+
+
+ALLOCATOR_CODE = """
+import ctypes, json, torch
+from torch import nn
+from safetensors.torch import save_file
+import qcore
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+
+def mmapped_bytes_of_a_fresh_allocation():
+    del_first = torch.empty(3_500_000, dtype=torch.uint8); del_first.fill_(1); del del_first  # raise the dynamic threshold
+    before = libc.mallinfo2().hblkhd
+    t = torch.empty(3_500_000, dtype=torch.uint8); t.fill_(1)
+    return libc.mallinfo2().hblkhd - before
+
+save_file({f"{i}.weight": torch.randn(512, 512) for i in range(4)}, r"{path}/model.safetensors")
+first = mmapped_bytes_of_a_fresh_allocation()
+qcore.load_quantized(r"{path}", quantization_config="example-int8", model=lambda: nn.Sequential(*[nn.Linear(512, 512, bias=False) for _ in range(4)]), progress=False)
+print(json.dumps({"before_load": first, "after_load": mmapped_bytes_of_a_fresh_allocation()}))
+"""
+
+
+def test_loading_leaves_the_host_allocator_policy_alone(tmp_path):
+    """load_quantized must not pin glibc's mmap threshold (a 3.5 MB tensor would then cost an mmap + page faults)."""
+    result = run_python(ALLOCATOR_CODE.replace("{path}", str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["before_load"] == 0, report  # glibc's dynamic threshold keeps it on the heap
+    assert report["after_load"] == 0, report

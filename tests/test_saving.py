@@ -1,11 +1,17 @@
 """save_quantized: shards, index, config.json, atomicity, no overwrite by accident."""
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import qcore
+from qcore import saving
 from qcore.checkpoint import Checkpoint
 from qcore.errors import TargetExistsError
 from qcore.saving import parse_size
@@ -36,8 +42,13 @@ def test_refuses_an_existing_target_and_keeps_it(quantized, tmp_path):
     with pytest.raises(TargetExistsError, match="overwrite=True"):
         qcore.save_quantized(quantized, target)
     assert (target / "keep.txt").read_text() == "mine"
-    qcore.save_quantized(quantized, target, overwrite=True)
+    with pytest.raises(TargetExistsError, match="not a checkpoint.*overwrite='force'"):
+        qcore.save_quantized(quantized, target, overwrite=True)  # not a checkpoint: refused
+    assert (target / "keep.txt").read_text() == "mine"
+    qcore.save_quantized(quantized, target, overwrite="force")
     assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+    qcore.save_quantized(quantized, target, overwrite=True)  # a checkpoint now: replaced
+    assert (target / "model.safetensors").exists()
 
 
 def test_a_failure_midway_leaves_nothing_behind(quantized, tmp_path, monkeypatch):
@@ -90,3 +101,71 @@ def test_unquantized_model_saves_as_float(float_dir, tmp_path, tokens):
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
     with torch.no_grad():
         assert torch.equal(qcore.load_quantized(path, progress=False)(tokens).logits, model(tokens).logits)
+
+
+def test_new_directories_get_the_usual_permissions(quantized, tmp_path):
+    """Not mkdtemp's 0700: what any new directory gets under the process's umask."""
+    old = os.umask(0o022)
+    try:
+        path = qcore.save_quantized(quantized, tmp_path / "q")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+
+
+def test_two_saves_racing_for_one_path_exactly_one_wins(quantized, float_dir, tmp_path, monkeypatch):
+    """The existence check at the start is not enough: the second save appears just before the first renames."""
+    target = tmp_path / "q"
+    other = qcore.load_quantized(float_dir, progress=False)  # a different (float) checkpoint
+    real_step = saving._step
+
+    def another_save_finishes_first(name):
+        if name == "before-rename" and not target.exists():
+            monkeypatch.setattr(saving, "_step", real_step)
+            qcore.save_quantized(other, target)
+
+    monkeypatch.setattr(saving, "_step", another_save_finishes_first)
+    with pytest.raises(TargetExistsError, match="created by someone else"):
+        qcore.save_quantized(quantized, target)
+    ckpt = Checkpoint(target)  # the winner is complete and untouched
+    assert ckpt.quantization_config is None and "model.layers.0.mlp.up_proj.weight" in ckpt.tensors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+KILL_CODE = """
+import os, signal, sys
+import qcore
+from qcore import saving
+
+step, how = sys.argv[1], sys.argv[2]
+model = qcore.load_quantized(sys.argv[3], "example-int8", progress=False)
+
+def die(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGTERM)
+
+saving._step = die
+qcore.save_quantized(model, sys.argv[4], overwrite=True, max_shard_size="40KB")
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("step", ["shard-written", "before-rename", "after-exchange"])
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_a_crash_at_any_step_keeps_a_whole_checkpoint(float_dir, tmp_path, step, how):
+    """SIGKILL/SIGTERM in the middle of an overwrite: the target holds the old or the new checkpoint, never neither."""
+    target = tmp_path / "q"
+    old = qcore.load_quantized(float_dir, progress=False)
+    qcore.save_quantized(old, target)  # the old checkpoint: float, one shard
+    result = subprocess.run([sys.executable, "-c", KILL_CODE, step, how, str(float_dir), str(target)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == (-signal.SIGKILL if how == "kill" else -signal.SIGTERM), result.stderr
+    assert "finished" not in result.stdout
+    ckpt = Checkpoint(target)  # whole: every header checked, the index (if any) consistent
+    new = ckpt.quantization_config is not None
+    assert new == (step == "after-exchange")  # the swap is the one moment the checkpoint changes
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "q"]
+    if how == "term" and step != "after-exchange":
+        assert leftovers == []  # SIGTERM unwinds and removes the temporary directory
+    qcore.save_quantized(old, target, overwrite=True)  # a later save removes what a killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]

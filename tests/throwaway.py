@@ -48,10 +48,6 @@ class TinyPlugin:
             replace_module(model, name, TinyLinear(model.get_submodule(name)))
 
     @qcore.hookimpl
-    def param_needs_quantization(self, module):
-        return isinstance(module, TinyLinear)
-
-    @qcore.hookimpl
     def create_quantized_param(self, module_name, module, tensors, pre_quantized):
         self.calls.append(("create_quantized_param", module_name, sorted(tensors)))
         if pre_quantized:

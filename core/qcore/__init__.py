@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcore.config import QuantizationConfig
 from qcore.hookspecs import hookimpl
@@ -30,38 +30,25 @@ __all__ = [
 ]
 
 
-def load_quantized(*args: Any, **kwargs: Any) -> Any:
-    from qcore.loading import load_quantized as _load
+def __getattr__(name: str) -> Any:
+    """The heavy entry points import torch; they load on first use, with their real signatures and docs."""
+    homes = {
+        "load_quantized": "qcore.loading",
+        "save_quantized": "qcore.saving",
+        "quantize": "qcore.quantization",
+        "dequantize": "qcore.quantization",
+        "is_trainable": "qcore.quantization",
+    }
+    if name in homes:
+        import importlib
 
-    return _load(*args, **kwargs)
-
-
-def save_quantized(*args: Any, **kwargs: Any) -> Any:
-    from qcore.saving import save_quantized as _save
-
-    return _save(*args, **kwargs)
-
-
-def quantize(*args: Any, **kwargs: Any) -> Any:
-    from qcore.calibration import quantize as _quantize
-
-    return _quantize(*args, **kwargs)
-
-
-def dequantize(*args: Any, **kwargs: Any) -> Any:
-    from qcore.loading import dequantize as _dequantize
-
-    return _dequantize(*args, **kwargs)
+        value = getattr(importlib.import_module(homes[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qcore' has no attribute {name!r}")
 
 
-def is_trainable(*args: Any, **kwargs: Any) -> Any:
-    from qcore.loading import is_trainable as _is_trainable
-
-    return _is_trainable(*args, **kwargs)
-
-
-load_quantized.__doc__ = "See qcore.loading.load_quantized."
-save_quantized.__doc__ = "See qcore.saving.save_quantized."
-quantize.__doc__ = "See qcore.calibration.quantize."
-dequantize.__doc__ = "See qcore.loading.dequantize."
-is_trainable.__doc__ = "See qcore.loading.is_trainable."
+if TYPE_CHECKING:  # for IDEs and type checkers: the real functions
+    from qcore.loading import load_quantized
+    from qcore.quantization import dequantize, is_trainable, quantize
+    from qcore.saving import save_quantized

@@ -1,4 +1,4 @@
-"""quantize(): the layer-by-layer calibration driver for methods that need data (GPTQ, AWQ).
+"""calibrate(): the layer-by-layer calibration driver behind ``qcore.quantize`` for methods that need data (GPTQ, AWQ).
 
 1. Calibration windows: the text is tokenized once and ``nsamples`` windows of ``seqlen``
    tokens are drawn at seeded random offsets (as the GPTQ reference code samples C4).
@@ -19,6 +19,7 @@ to be on the compute device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,8 @@ from torch import nn
 
 from qcore.config import QuantizationConfig
 from qcore.errors import CalibrationError, QcoreError
-from qcore.loading import quantize_weights
 from qcore.modules import get_module, replace_module
-from qcore.plugins import preset_config, registry
+from qcore.plugins import registry
 from qcore.targeting import select_modules
 
 CalibrationData = str | Path | Sequence[str] | Sequence[torch.Tensor] | torch.Tensor
@@ -59,7 +59,13 @@ def calibration_windows(
     if isinstance(calibration, Path):
         if not calibration.is_file():
             raise CalibrationError(f"calibration file {calibration} does not exist")
-        text = calibration.read_text(encoding="utf-8")
+        try:
+            text = calibration.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(
+                f"calibration file {calibration} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it, "
+                "e.g. iconv -f latin1 -t utf-8"
+            ) from None
     elif isinstance(calibration, str):
         text = calibration
     else:
@@ -70,6 +76,12 @@ def calibration_windows(
     if ids.numel() < seqlen + 1:
         raise CalibrationError(
             f"calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen} + 1; give more text or a smaller seqlen"
+        )
+    if ids.numel() < nsamples * seqlen:
+        warnings.warn(
+            f"calibration text has {ids.numel()} tokens but {nsamples} windows of {seqlen} ask for {nsamples * seqlen}: "
+            "the windows overlap and repeat the same text; give more (and more varied) text",
+            stacklevel=3,
         )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=generator)
@@ -185,10 +197,10 @@ def _sequential_groups(block: nn.Module, names: dict[str, str], inputs: list[tor
     return groups
 
 
-def quantize(
+def calibrate(
     model: nn.Module,
-    config: QuantizationConfig | str,
-    calibration: CalibrationData | None = None,
+    config: QuantizationConfig,
+    calibration: CalibrationData | None,
     tokenizer: Any = None,
     *,
     nsamples: int = 128,
@@ -197,36 +209,36 @@ def quantize(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> nn.Module:
-    """Quantize an in-memory float model in place and return it.
+    """Quantize ``model`` in place block by block from calibration data (called by ``qcore.quantize``).
 
-    Methods without calibration (``requires_calibration = False``) are converted module by
-    module; the others run the layer-by-layer driver described in this module's docstring.
-
-    :param model: a float model (e.g. from ``qcore.load_quantized(float_dir)``).
-    :param config: the method's config, or a preset name.
-    :param calibration: a text (str), a text file (pathlib.Path), a list of texts, or token ids.
-    :param tokenizer: turns calibration text into ids (a transformers tokenizer).
-    :param nsamples: number of calibration windows.
-    :param seqlen: tokens per window.
-    :param seed: seed of the window offsets.
-    :param device: where each block is calibrated (default: where the model is).
-    :param progress: show a progress bar over blocks.
+    Everything that can be checked is checked before the first block runs: the data, the
+    window sizes, modules outside the decoder blocks, the plugin's validate_environment
+    (shapes, packability) and non-finite weights.
     """
-    if isinstance(config, str):
-        config = preset_config(config)
-    if not type(config).requires_calibration:
-        return quantize_weights(model, config, device)
-    if calibration is None:
-        raise CalibrationError(f"method {config.quant_method!r} needs calibration data: pass calibration= (texts or a file)")
     from tqdm.auto import tqdm
 
-    hooks = registry().hook(config)
-    hooks.validate_environment(config=config, device_map=device)
+    from qcore.quantization import check_finite, mark_quantized
+
+    if calibration is None:
+        raise CalibrationError(f"method {config.quant_method!r} needs calibration data: pass calibration= (texts or a file)")
+    for what, value in (("nsamples", nsamples), ("seqlen", seqlen)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CalibrationError(f"{what} must be a positive integer, got {value!r}")
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     modules = select_modules(model, config)
-    windows = calibration_windows(calibration, tokenizer, nsamples, seqlen, seed)
     blocks_name, blocks = find_blocks(model)
+    outside_blocks = sorted(n for n in modules if not n.startswith(blocks_name + "."))
+    if outside_blocks:
+        raise CalibrationError(
+            f"modules {', '.join(outside_blocks[:5])} are outside the decoder blocks ({blocks_name}); calibration "
+            f"covers blocks only: leave them in float with modules_to_not_convert"
+        )
+    hooks = registry().hook(config)
+    hooks.validate_environment(config=config, device_map=device, model=model, modules=modules)
+    for name in modules:
+        check_finite(name, dict(get_module(model, name).named_parameters(recurse=False)))
+    windows = calibration_windows(calibration, tokenizer, nsamples, seqlen, seed)
     # everything but the blocks (embeddings, rotary tables) runs on the device for the capture
     inside = {id(m) for block in blocks for m in block.modules()}
     outside = [m for m in model.modules() if not list(m.children()) and id(m) not in inside]
@@ -237,8 +249,8 @@ def quantize(
         inputs, kwargs_list = _capture_first_block_inputs(model, blocks[0], windows, device)
     finally:
         blocks[0].to(home)
-    done: dict[str, QuantizationConfig] = {}
     bar = tqdm(total=len(blocks), desc=f"{config.quant_method} calibration", unit="block", disable=not progress)
+    done = 0
     for index, block in enumerate(blocks):
         block.to(device)
         prefix = f"{blocks_name}.{index}."
@@ -249,21 +261,16 @@ def quantize(
             groups = [list(names.values())]
         for group in groups:
             _calibrate_group(model, block, group, modules, inputs, kwargs_list, hooks)
-            done.update({n: modules[n] for n in group})
-            bar.set_postfix_str(f"{len(done)}/{len(modules)} linears")
+            done += len(group)
+            bar.set_postfix_str(f"{done}/{len(modules)} linears")
         inputs = _run_block(block, inputs, kwargs_list)
         block.to(home)
         bar.update(1)
     bar.close()
-    leftover = sorted(set(modules) - set(done))
-    if leftover:
-        raise QcoreError(f"modules {', '.join(leftover[:5])} are outside the decoder blocks; calibration covers blocks only")
     for m in outside:
         m.to(home)
     hooks.process_after_weight_loading(model=model, config=config)
-    model.qcore_config = config
-    model.qcore_modules = modules
-    return model
+    return mark_quantized(model, config, modules)
 
 
 def _calibrate_group(model: nn.Module, block: nn.Module, group: list[str], modules: dict[str, QuantizationConfig],

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from qcore.errors import CheckpointError, CorruptCheckpointError, MissingShardEr
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json and the index: far above any real one
 
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8),
@@ -66,38 +69,82 @@ class TensorInfo:
         return self.end - self.begin
 
 
+def _check_regular_file(path: Path, what: str) -> int:
+    """The size of ``path``, after checking it is a regular file (symlinks followed); never opens it.
+
+    A FIFO would block the reader forever and a directory cannot be read: both are refused
+    before any open(). A symlink whose target is gone is named as such.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise MissingShardError(f"{what} {path} is a symlink to {os.readlink(path)!r}, which does not exist; "
+                                    "re-download the checkpoint") from None
+        raise MissingShardError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise CheckpointError(f"{what} {path} is {kind}; expected a regular file")
+    return st.st_size
+
+
+def parse_json(raw: bytes, where: str) -> Any:
+    """JSON from bytes; any malformed, non-UTF-8 or absurdly nested input is a CorruptCheckpointError."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(f"{where} is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise CorruptCheckpointError(f"{where} is JSON nested too deeply to be a checkpoint file") from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and check one safetensors file's header; returns (tensors, metadata)."""
     hint = "the file is damaged; re-download or re-save the checkpoint"
-    size = path.stat().st_size
+    size = _check_regular_file(path, "shard")
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
             raise CorruptCheckpointError(f"{path}: truncated, only {size} bytes (no safetensors header); {hint}")
         (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES or 8 + length > size:
+        if length > MAX_HEADER_BYTES:
+            raise CorruptCheckpointError(
+                f"{path}: header claims {length} bytes, more than qcore's limit of {MAX_HEADER_BYTES} "
+                f"(a real header is a few MB at most): not a safetensors file; {hint}"
+            )
+        if 8 + length > size:
             raise CorruptCheckpointError(
                 f"{path}: header claims {length} bytes but the file has {size}: truncated or not safetensors; {hint}"
             )
         raw = fh.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"{path}: header is not valid JSON ({exc}); {hint}") from exc
+    header = parse_json(raw, f"{path}: header")
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{path}: header is not a JSON object; {hint}")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CorruptCheckpointError(f"{path}: '__metadata__' must map strings to strings; {hint}")
     data_size = size - 8 - length
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{path}: malformed header entry for tensor {name!r}; {hint}") from exc
-        if dtype not in DTYPES:
-            raise CorruptCheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (0 <= begin <= end):
-            raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape {shape} or offsets {begin, end}")
+        if not isinstance(entry, dict):
+            raise CorruptCheckpointError(f"{path}: header entry for tensor {name!r} is not an object; {hint}")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; {hint}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r} (a list of sizes); {hint}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)) \
+                or offsets[0] > offsets[1]:
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}; {hint}")
+        shape, (begin, end) = tuple(shape), offsets
         expected = math.prod(shape) * DTYPES[dtype][1]
         if end - begin != expected:
             raise CorruptCheckpointError(
@@ -117,12 +164,20 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, metadata
 
 
+def _is_plain_file_name(name: Any) -> bool:
+    """A shard name from an index: a non-empty file name with no directory part (no '..', no '/')."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+        and "\0" not in name and os.path.basename(name) == name
+    )
+
+
 class Checkpoint:
     """A safetensors checkpoint on disk: checked headers, config.json, lazy tensor reads."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             raise CheckpointError(f"checkpoint {self.path} does not exist")
         self.directory = self.path if self.path.is_dir() else self.path.parent
         self.shards = self._find_shards()
@@ -147,7 +202,7 @@ class Checkpoint:
 
     def _find_shards(self) -> list[Path]:
         self._index: dict[str, str] | None = None
-        if self.path.is_file():
+        if not self.path.is_dir():
             if self.path.suffix != ".safetensors":
                 raise CheckpointError(f"{self.path} is not a .safetensors file; qcore never unpickles .bin/.pt files")
             return [self.path]
@@ -157,9 +212,15 @@ class Checkpoint:
             weight_map = (index or {}).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CorruptCheckpointError(f"{index_path} has no 'weight_map' object")
+            for tensor, shard in weight_map.items():
+                if not _is_plain_file_name(shard):
+                    raise CorruptCheckpointError(
+                        f"{index_path} maps tensor {tensor!r} to {shard!r}: a shard must be a file name inside "
+                        f"{self.directory} (no paths); the index is damaged or hostile"
+                    )
             self._index = weight_map
             names = sorted(set(weight_map.values()))
-            missing = [n for n in names if not (self.directory / n).exists()]
+            missing = [n for n in names if not (self.directory / n).exists() and not (self.directory / n).is_symlink()]
             if missing:
                 raise MissingShardError(
                     f"{index_path} lists shard(s) {', '.join(missing)} that are not in {self.directory}; "
@@ -181,17 +242,28 @@ class Checkpoint:
         raise CheckpointError(f"no safetensors file in {self.directory}.{extra}")
 
     def _read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON object file of the checkpoint (None when absent), size-capped and checked to be an object."""
         path = self.directory / name
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CorruptCheckpointError(f"{path} is not valid JSON ({exc})") from exc
+        size = _check_regular_file(path, name)
+        if size > MAX_JSON_BYTES:
+            raise CorruptCheckpointError(
+                f"{path} is {size} bytes, over qcore's {MAX_JSON_BYTES}-byte limit for {name}; it is not a real {name}"
+            )
+        data = parse_json(path.read_bytes(), str(path))
+        if not isinstance(data, dict):
+            raise CorruptCheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
+        return data
 
     @property
     def quantization_config(self) -> dict[str, Any] | None:
-        return (self.config or {}).get("quantization_config")
+        qc = (self.config or {}).get("quantization_config")
+        if qc is not None and not isinstance(qc, dict):
+            raise CorruptCheckpointError(
+                f"{self.directory / 'config.json'}: quantization_config must be an object, not {type(qc).__name__}"
+            )
+        return qc
 
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor into a fresh CPU tensor (one read, no memory map kept alive)."""

@@ -69,6 +69,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     ckpt = Checkpoint(args.checkpoint)
     qc = ckpt.quantization_config
+    if qc is not None and (not isinstance(qc.get("quant_method"), str) or not qc.get("quant_method")):
+        raise QcoreError(
+            f"{ckpt.directory / 'config.json'}: quantization_config has quant_method {qc.get('quant_method')!r}, not a "
+            "method name; the checkpoint's config is damaged"
+        )
     dtypes = Counter()
     for t in ckpt.tensors.values():
         dtypes[t.dtype] += t.nbytes
@@ -113,6 +118,7 @@ def _parse_value(raw: str) -> Any:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import qcore
     from qcore.plugins import preset_config
+    from qcore.saving import looks_like_checkpoint, parse_size
 
     if bool(args.method) == bool(args.preset):
         raise QcoreError("give exactly one of --method or --preset (see `qcore plugins` for both)")
@@ -126,20 +132,34 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         config = qcore.config(args.method, **options)
-    if Path(args.dst).exists() and not args.overwrite:
+    max_shard_size = parse_size(args.max_shard_size)
+    for what in ("nsamples", "seqlen"):
+        if getattr(args, what) < 1:
+            raise QcoreError(f"--{what} must be a positive integer, got {getattr(args, what)}")
+    src, dst = Path(args.src), Path(args.dst)
+    if dst.exists() and src.exists() and dst.resolve() == (src if src.is_dir() else src.parent).resolve():
+        raise QcoreError(f"{args.dst} is the source checkpoint; write the quantized model to another directory")
+    overwrite = "force" if args.force else args.overwrite
+    if dst.exists() and not overwrite:
         raise QcoreError(f"{args.dst} already exists; choose another path or pass --overwrite")
-    tokenizer = _load_tokenizer(args.src)
+    if dst.exists() and overwrite is True and not looks_like_checkpoint(dst):
+        raise QcoreError(f"{args.dst} holds files that are not a checkpoint; --overwrite replaces only checkpoints "
+                         "(add --force to replace it anyway)")
+    if args.calibration and not Path(args.calibration).is_file():
+        raise QcoreError(f"calibration file {args.calibration} does not exist")
+    tokenizer = _load_tokenizer(args.src, args.trust_remote_code)
     if type(config).requires_calibration or args.calibration:
         if not args.calibration:
             raise QcoreError(f"method {config.quant_method!r} needs calibration data: pass --calibration FILE")
-        model = qcore.load_quantized(args.src)
+        model = qcore.load_quantized(args.src, trust_remote_code=args.trust_remote_code)
         model = qcore.quantize(
             model, config, calibration=Path(args.calibration), tokenizer=tokenizer,
             nsamples=args.nsamples, seqlen=args.seqlen,
         )
     else:
-        model = qcore.load_quantized(args.src, quantization_config=config)
-    out = qcore.save_quantized(model, args.dst, overwrite=args.overwrite, tokenizer=tokenizer, max_shard_size=args.max_shard_size)
+        model = qcore.load_quantized(args.src, quantization_config=config, trust_remote_code=args.trust_remote_code)
+    model.qcore_source = None  # checked above; the CLI allows dst beside src
+    out = qcore.save_quantized(model, args.dst, overwrite=overwrite, tokenizer=tokenizer, max_shard_size=max_shard_size)
     print(f"wrote {out} ({config.quant_method}, {len(model.qcore_modules)} modules quantized)")
     return 0
 
@@ -151,11 +171,11 @@ def _split_option(option: str) -> tuple[str, Any]:
     return key.strip(), _parse_value(value)
 
 
-def _load_tokenizer(path: str) -> Any:
+def _load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception:  # no tokenizer files, or transformers missing: the weights do not need one
         return None
 
@@ -189,26 +209,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     p.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace dst if it is a checkpoint (atomically)")
+    p.add_argument("--force", action="store_true", help="with --overwrite: replace dst even if it is not a checkpoint")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with src (auto_map); off by default")
     p.set_defaults(func=cmd_quantize)
 
-    _add_optional(sub, "eval", "qcore.evaluate", "add_eval_arguments", "run_eval",
-                  "perplexity of a checkpoint on a text file (fixed protocol)")
-    _add_optional(sub, "bench", "qcore.bench", "add_bench_arguments", "run_bench",
-                  "benchmark every installed preset against float and upstream libraries")
+    p = sub.add_parser("eval", help="perplexity of a checkpoint on a text file (fixed protocol)")
+    p.add_argument("checkpoint", help="checkpoint directory (quantized or float), with tokenizer files")
+    p.add_argument("--text", required=True, help="text file to measure perplexity on")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="tokens used (default 4096)")
+    p.add_argument("--window", type=_positive_int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint's")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the checkpoint (auto_map); off by default")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_eval)
     return parser
 
 
-def _add_optional(sub: Any, name: str, module: str, add: str, run: str, help_text: str) -> None:
-    import importlib
-
+def _positive_int(raw: str) -> int:
     try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
-    p = sub.add_parser(name, help=help_text)
-    getattr(mod, add)(p)
-    p.set_defaults(func=getattr(mod, run))
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from qcore.evaluate import run_eval
+
+    return run_eval(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,11 +47,33 @@ class QuantizationConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self.check_types()
         self.validate()
 
+    def check_types(self) -> None:
+        """Enforce the dataclass annotations: ``bits="4"``, ``bits=4.0`` or ``sym="false"`` is a ConfigError naming the key.
+
+        An ``int`` is accepted where a ``float`` is annotated; ``Any`` accepts everything.
+        """
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name == "extra" or f.name not in hints:
+                continue
+            value = getattr(self, f.name)
+            if not _fits(value, hints[f.name]):
+                raise ConfigError(
+                    f"{self.quant_method!r} config key {f.name!r} must be {_describe(hints[f.name])}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+
     def validate(self) -> None:
-        """Raise ConfigError when a value or combination is invalid. Subclasses extend it."""
+        """Raise ConfigError when a value or combination is invalid. Subclasses extend it (types are already checked)."""
+        from qcore.targeting import check_pattern
+
+        for pattern in self.modules_to_not_convert or []:
+            check_pattern(pattern, "modules_to_not_convert")
         for pattern, overrides in self.module_overrides.items():
+            check_pattern(pattern, "module_overrides")
             if not isinstance(overrides, dict):
                 raise ConfigError(f"module_overrides[{pattern!r}] must be a dict of config fields, got {overrides!r}")
             fields = {k: v for k, v in overrides.items() if k != "skip"}  # "skip": leave in float
@@ -107,6 +132,63 @@ class QuantizationConfig:
         new = dataclasses.replace(self, **changes)
         new.extra = dict(self.extra)
         return new
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be evaluated here: leave those fields to validate()
+        return {}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is an instance of the annotation ``tp`` (the JSON-ish subset configs use)."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (list, tuple, set, frozenset):
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        args = typing.get_args(tp)
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # annotations this check does not model
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(tp)[0])}" if typing.get_args(tp) else "a list"
+    if origin is dict:
+        return "an object (dict)"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _check_keys(cls: type[QuantizationConfig], data: dict[str, Any], where: str) -> None:

@@ -46,6 +46,10 @@ class MissingKeysError(CheckpointError):
     """The checkpoint lacks tensors the model needs (or has ones it cannot place)."""
 
 
+class NonFiniteWeightError(QcoreError, ValueError):
+    """A float tensor to be quantized holds NaN or Inf."""
+
+
 class TargetExistsError(QcoreError, FileExistsError):
     """save_quantized was pointed at an existing path without overwrite=True."""
 

@@ -85,15 +85,6 @@ def prefill_throughput(model: nn.Module, tokens: int = 512, repeats: int = 2) ->
     return {"tokens_per_s": tokens / best}
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint directory (quantized or float), with tokenizer files")
-    parser.add_argument("--text", required=True, help="text file to measure perplexity on")
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help=f"tokens used (default {DEFAULT_MAX_TOKENS})")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help=f"tokens per window (default {DEFAULT_WINDOW})")
-    parser.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint's")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-
-
 def run_eval(args: argparse.Namespace) -> int:
     import qcore
     from qcore.errors import QcoreError
@@ -105,9 +96,13 @@ def run_eval(args: argparse.Namespace) -> int:
     text_path = Path(args.text)
     if not text_path.is_file():
         raise QcoreError(f"text file {text_path} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
-    model = qcore.load_quantized(args.checkpoint)
-    result = perplexity(model, tokenizer, text_path.read_text(encoding="utf-8"), max_tokens=args.max_tokens,
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise QcoreError(f"text file {text_path} is not UTF-8 ({exc.reason} at byte {exc.start}); convert it first") from None
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint, trust_remote_code=args.trust_remote_code)
+    model = qcore.load_quantized(args.checkpoint, trust_remote_code=args.trust_remote_code)
+    result = perplexity(model, tokenizer, text, max_tokens=args.max_tokens,
                         window=args.window, progress=True)
     result["checkpoint"] = str(args.checkpoint)
     result["method"] = model.qcore_config.quant_method if model.qcore_config else "float"

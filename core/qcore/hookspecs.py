@@ -60,52 +60,23 @@ def qcore_presets() -> dict[str, dict[str, Any]]:
 # Before anything is allocated
 # =============================================================================
 @hookspec
-def validate_environment(config: QuantizationConfig, device_map: Any) -> None:
-    """Raise a clear error if this machine cannot run ``config``.
+def validate_environment(
+    config: QuantizationConfig, device_map: Any, model: nn.Module, modules: dict[str, QuantizationConfig]
+) -> None:
+    """Raise a clear error if this machine, this model or these modules cannot run ``config``.
 
-    Called first in load_quantized and quantize, before any tensor is allocated.
-    Check optional dependencies, devices and option combinations here.
+    Called once per load and per quantize, after targeting chose the modules and before
+    any quantized tensor is allocated (when loading, ``model`` is the meta-device skeleton;
+    when quantizing in memory, the live float model, before any block is calibrated). Check
+    optional dependencies, devices, option combinations and every module's shape
+    (e.g. sizes a packing format cannot hold) here, so nothing fails half-way.
 
     :param config: the resolved quantization config.
     :param device_map: the device map as the user gave it (None, "cpu", "auto", a dict).
+    :param model: the model whose modules will convert.
+    :param modules: module name -> effective config, for every module that will convert.
     :returns: nothing; raise ``qcore.errors.ConfigError`` (or a subclass of
-        ``QcoreError``) to stop.
-    """
-
-
-@hookspec(firstresult=True)
-def update_torch_dtype(config: QuantizationConfig, torch_dtype: torch.dtype | None) -> torch.dtype | None:
-    """Choose the dtype of the parts of the model that stay in floating point.
-
-    Called once per load, after validate_environment. Stops at first non-None result.
-
-    :param config: the resolved quantization config.
-    :param torch_dtype: the dtype the user asked for, or None.
-    :returns: the dtype to use, or None to keep the user's (float32 when unset).
-    """
-
-
-@hookspec(firstresult=True)
-def update_device_map(config: QuantizationConfig, device_map: Any) -> Any:
-    """Adjust the device map before it is resolved (e.g. force "cpu" when no GPU kernel).
-
-    Called once per load, after update_torch_dtype. Stops at first non-None result.
-
-    :param config: the resolved quantization config.
-    :param device_map: the device map as given (None, a device string, "auto", a dict).
-    :returns: the device map to use, or None to keep it.
-    """
-
-
-@hookspec(firstresult=True)
-def adjust_max_memory(config: QuantizationConfig, max_memory: dict[Any, int]) -> dict[Any, int] | None:
-    """Adjust the per-device memory budget used to place modules for ``device_map="auto"``.
-
-    Called once per load when a device map is inferred. Stops at first non-None result.
-
-    :param config: the resolved quantization config.
-    :param max_memory: bytes available per device, as accelerate computes it.
-    :returns: the budget to use, or None to keep it.
+        ``QcoreError``) naming the module to stop.
     """
 
 
@@ -119,39 +90,21 @@ def process_before_weight_loading(
     modules: dict[str, QuantizationConfig],
     pre_quantized: bool,
 ) -> None:
-    """Swap the targeted modules of the meta-device skeleton for the method's modules.
+    """Swap the targeted modules for the method's modules (built on the ``meta`` device).
 
-    Called once per load, on the skeleton whose parameters live on the ``meta``
-    device, after targeting decided which modules convert. Use
+    Called once per load, after validate_environment, on the skeleton whose parameters
+    live on the ``meta`` device; and once per ``qcore.quantize`` without calibration, on
+    the live float model, whose targeted modules' tensors the core has already taken
+    (they reach create_quantized_param): replace those modules, do not read them. Use
     ``qcore.modules.replace_module(model, name, new_module)`` to swap.
 
-    :param model: the skeleton (parameters on the meta device).
+    :param model: the skeleton (meta device) or the live model (in-memory quantization).
     :param config: the resolved quantization config (the model-wide one).
     :param modules: module name -> effective config of that module (per-module
         overrides applied), for every module that must be converted.
     :param pre_quantized: True when the checkpoint already holds quantized tensors,
         False when float weights will be quantized on the fly.
     :returns: nothing.
-    """
-
-
-@hookspec(firstresult=True)
-def param_needs_quantization(
-    model: nn.Module, param_name: str, module_name: str, module: nn.Module, config: QuantizationConfig
-) -> bool | None:
-    """Say whether a checkpoint tensor belongs to a quantized module.
-
-    Called for every tensor name in the checkpoint whose owning module is known.
-    Tensors answered True are grouped per module, across shards, and handed together
-    to create_quantized_param; the others are copied into the skeleton as they are.
-    Stops at first non-None result; None everywhere means False.
-
-    :param model: the model being loaded.
-    :param param_name: the full tensor name in the checkpoint (``...q_proj.weight.absmax``).
-    :param module_name: the name of the module that owns it (``...q_proj``).
-    :param module: that module (the method's module after process_before_weight_loading).
-    :param config: that module's effective config.
-    :returns: True to route the tensor to create_quantized_param.
     """
 
 
@@ -164,22 +117,31 @@ def create_quantized_param(
     config: QuantizationConfig,
     device: torch.device,
     pre_quantized: bool,
+    dtype: torch.dtype,
 ) -> bool | None:
     """Build one quantized module's parameters from its checkpoint tensors.
 
     Called once per quantized module, when all its tensors have been read (they may
-    come from several shards). Quantize here when ``pre_quantized`` is False. Raise
-    ``qcore.errors.CheckpointError`` naming the module when a tensor is missing or
-    does not fit. Stops at first non-None result.
+    come from several shards): every checkpoint tensor whose name starts with the
+    module's name is handed here. Quantize here when ``pre_quantized`` is False (the
+    core has already refused NaN/Inf float weights). Check every tensor's presence,
+    shape and dtype against the format and raise ``qcore.errors.CheckpointError`` (or
+    ``TensorMismatchError``) naming the module when one does not fit. Stops at first
+    non-None result.
 
-    :param model: the model being loaded.
+    :param model: the model being loaded or quantized.
     :param module_name: the module's full name.
     :param module: the module to fill (the method's module).
     :param tensors: tensor name relative to the module (``weight``, ``weight.absmax``,
-        ``qweight``, ``bias``...) -> tensor, on the CPU.
+        ``qweight``, ``bias``...) -> tensor, as stored (checkpoint dtype). When loading they
+        are fresh CPU tensors; when quantizing a live model, the module's own tensors on
+        its device. A tied output head gets the embedding's tensor as ``weight``.
     :param config: the module's effective config.
     :param device: where the module's tensors must end up.
     :param pre_quantized: True for a quantized checkpoint, False for float weights.
+    :param dtype: the compute dtype of this module (the dtype its float weight has in the
+        model, from ``torch_dtype``): float parts such as ``bias`` and the module's outputs
+        must be in this dtype.
     :returns: True once handled.
     """
 
@@ -254,18 +216,6 @@ def quantize_calibrated(
 # =============================================================================
 # Saving, dequantizing, training
 # =============================================================================
-@hookspec(firstresult=True)
-def is_serializable(config: QuantizationConfig) -> bool | None:
-    """Say whether a model quantized with ``config`` can be saved.
-
-    Called by save_quantized before anything is written. Stops at first non-None
-    result; None means True.
-
-    :param config: the model's quantization config.
-    :returns: False to refuse saving (raise instead to explain why).
-    """
-
-
 @hookspec(firstresult=True)
 def module_state_dict(module_name: str, module: nn.Module, config: QuantizationConfig) -> dict[str, torch.Tensor] | None:
     """Return the tensors of one quantized module, named as the checkpoint format wants.

@@ -1,11 +1,14 @@
-"""load_quantized: the loading pipeline, and in-memory quantization/dequantization.
+"""load_quantized: the loading pipeline.
 
 1. Resolve the config (the checkpoint's ``quantization_config`` or the user's).
-2. validate_environment; update_torch_dtype; update_device_map.
-3. A skeleton on the meta device (transformers from config.json, or the user's module/factory).
+2. validate_environment.
+3. A skeleton on the meta device (transformers from config.json, or the user's module/factory),
+   its floating tensors in ``torch_dtype``.
 4. Targeting, then process_before_weight_loading swaps the targeted modules.
 5. Stream the checkpoint tensor by tensor; the tensors of each quantized module are
-   grouped (across shards) and handed once to create_quantized_param; the rest are placed.
+   grouped (across shards) and handed once to create_quantized_param (with the module's
+   compute dtype); the rest are placed. A targeted module whose weight is tied to another
+   tensor (a tied ``lm_head``) is built from that tensor.
 6. process_after_weight_loading; missing and unexpected tensors reported precisely.
 """
 
@@ -22,31 +25,41 @@ from torch import nn
 
 from qcore.checkpoint import Checkpoint
 from qcore.config import QuantizationConfig
-from qcore.errors import ConfigError, MissingKeysError, QcoreError, TensorMismatchError
-from qcore.modules import get_module, owning_module_name, replace_module
-from qcore.plugins import config_from_dict, preset_config, registry
+from qcore.errors import CheckpointError, ConfigError, MissingKeysError, QcoreError, TensorMismatchError
+from qcore.modules import get_module, owning_module_name
+from qcore.plugins import config_from_dict, registry
+from qcore.quantization import check_finite, mark_quantized, resolve_user_config
 from qcore.targeting import select_modules
 
 ModelSource = nn.Module | Callable[[], nn.Module] | None
+_TRIM_AFTER_BYTES = 1 << 20  # hand freed heap pages back after every tensor this large
 
 
 @functools.cache
-def _return_large_frees_to_the_os() -> None:
-    """Pin glibc's mmap threshold at 1 MiB (once per process, Linux/glibc only).
-
-    glibc raises the threshold after each large free, so the many tensor-sized buffers
-    of a streaming load end up on the heap and are never given back: RSS grows to the
-    float model's size although only one float tensor is alive at a time. With a fixed
-    threshold every tensor-sized buffer is its own mapping and returns to the OS on free.
-    """
+def _malloc_trim() -> Callable[[int], int] | None:
     import ctypes
     import sys
 
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):  # not glibc (musl): nothing to tune
-            pass
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        return None
+
+
+def _give_freed_memory_back() -> None:
+    """Ask glibc to return the free pages of its heaps to the OS (Linux/glibc only).
+
+    A streaming load frees one tensor-sized buffer after another while the quantized
+    results stay alive between them; glibc keeps the freed holes for reuse, and when the
+    next temporaries do not fit them the heap grows, so RSS would climb towards the float
+    model's size. ``malloc_trim(0)`` hands the free pages of every hole back (madvise),
+    after each large tensor. It changes no allocator setting of the host process (no mallopt).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def resolve_config(
@@ -58,10 +71,8 @@ def resolve_config(
     only fills fields the checkpoint does not set (a warning lists overridden values);
     a user config for another method is an error.
     """
-    if isinstance(user_config, str):
-        user_config = preset_config(user_config)
-    elif isinstance(user_config, dict):
-        user_config = config_from_dict(user_config, strict=True)
+    if user_config is not None:
+        user_config = resolve_user_config(user_config)
     if checkpoint_config is None:
         return user_config, False
     stored = config_from_dict(checkpoint_config, strict=False)
@@ -80,15 +91,20 @@ def resolve_config(
     return type(stored).from_dict(merged, strict=False), True
 
 
-def build_skeleton(ckpt: Checkpoint, model: ModelSource, dtype: torch.dtype) -> nn.Module:
-    """The model with its parameters on the meta device."""
+def build_skeleton(ckpt: Checkpoint, model: ModelSource, dtype: torch.dtype | None, trust_remote_code: bool = False) -> nn.Module:
+    """The model with its parameters on the meta device, its floating tensors in ``dtype`` when given.
+
+    From config.json, transformers is asked never to run code shipped with the checkpoint
+    (``auto_map``) unless ``trust_remote_code=True``.
+    """
     from accelerate import init_empty_weights
 
     if isinstance(model, nn.Module):
-        return model
+        return _cast_parameters(model, dtype)
     if callable(model):
         with init_empty_weights():
-            return model()
+            built = model()
+        return _cast_parameters(built, dtype)
     if ckpt.config is None:
         raise QcoreError(f"{ckpt.directory} has no config.json; pass model= (an nn.Module or a factory)")
     try:
@@ -97,13 +113,39 @@ def build_skeleton(ckpt: Checkpoint, model: ModelSource, dtype: torch.dtype) -> 
         raise QcoreError(
             "building a model from config.json needs transformers: pip install 'qcore[hf]', or pass model="
         ) from exc
-    hf_config = transformers.AutoConfig.from_pretrained(ckpt.directory)
+    if ckpt.config.get("auto_map") and not trust_remote_code:
+        raise QcoreError(
+            f"{ckpt.directory / 'config.json'} asks for custom code shipped with the checkpoint (auto_map); qcore "
+            "never runs a checkpoint's code unless you trust it: pass trust_remote_code=True (CLI: "
+            "--trust-remote-code) after reading that code, or pass model= (your own nn.Module)"
+        )
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(ckpt.directory, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        raise CheckpointError(f"{ckpt.directory / 'config.json'} cannot be read as a transformers config: {exc}") from exc
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # qcore quantizes; transformers must build a plain float skeleton
     architectures = getattr(hf_config, "architectures", None) or []
     auto = transformers.AutoModelForCausalLM if any(a.endswith("ForCausalLM") for a in architectures) else transformers.AutoModel
-    with init_empty_weights():
-        return auto.from_config(hf_config, dtype=dtype)
+    try:
+        with init_empty_weights():
+            return auto.from_config(hf_config, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt.directory / 'config.json'}: transformers cannot build this model: {exc}") from exc
+
+
+def _cast_parameters(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Floating parameters to ``dtype`` (as transformers' ``dtype=`` does); buffers such as rotary tables keep theirs."""
+    if dtype is None:
+        return model
+    cast: dict[int, nn.Parameter] = {}  # tied parameters stay one parameter
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.dtype.is_floating_point and param.dtype != dtype:
+                if id(param) not in cast:
+                    cast[id(param)] = nn.Parameter(param.to(dtype), requires_grad=param.requires_grad)
+                module._parameters[name] = cast[id(param)]
+    return model
 
 
 def load_quantized(
@@ -117,6 +159,7 @@ def load_quantized(
     offload_folder: str | Path | None = None,
     strict: bool = True,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> nn.Module:
     """Load a checkpoint, quantized (method from its config.json) or float (quantized on the fly).
 
@@ -128,45 +171,75 @@ def load_quantized(
         meta device) or a factory called under ``init_empty_weights``.
     :param device_map: None or a device ("cpu", "cuda:0"), "auto", or {module name: device};
         "auto" and dicts are resolved and dispatched with accelerate (CPU/disk offload).
-    :param torch_dtype: dtype of the float parts (default: the method's choice, else float32).
+    :param torch_dtype: dtype of the float parts (default float32 for a model built from
+        config.json; a ``model=`` skeleton keeps its own dtypes unless this is given).
     :param max_memory: per-device budget for ``device_map="auto"``.
     :param offload_folder: where accelerate puts modules mapped to "disk".
     :param strict: raise MissingKeysError when the checkpoint lacks tensors the model needs.
     :param progress: show a progress bar while streaming tensors.
+    :param trust_remote_code: allow transformers to run the Python code a checkpoint ships
+        (``auto_map`` in config.json). Off by default: such a checkpoint is refused.
     :returns: the model in eval mode, with ``qcore_config`` and ``qcore_modules`` attributes.
     """
     from qcore.config import parse_dtype
 
-    _return_large_frees_to_the_os()
     ckpt = Checkpoint(checkpoint)
     config, pre_quantized = resolve_config(ckpt.quantization_config, quantization_config)
     torch_dtype = parse_dtype(torch_dtype, "torch_dtype")
+    skeleton = build_skeleton(ckpt, model, torch_dtype, trust_remote_code)
+    modules = select_modules(skeleton, config) if config is not None else {}
+    tied_sources = _tied_sources(skeleton, ckpt, modules)
+    dtypes = compute_dtypes(skeleton, modules)
     if config is not None:
         hooks = registry().hook(config)
-        hooks.validate_environment(config=config, device_map=device_map)
-        torch_dtype = hooks.update_torch_dtype(config=config, torch_dtype=torch_dtype) or torch_dtype
-        device_map = hooks.update_device_map(config=config, device_map=device_map) or device_map
-    torch_dtype = torch_dtype or torch.float32
-    skeleton = build_skeleton(ckpt, model, torch_dtype)
-    modules = select_modules(skeleton, config) if config is not None else {}
-    if config is not None:
+        hooks.validate_environment(config=config, device_map=device_map, model=skeleton, modules=modules)
         hooks.process_before_weight_loading(model=skeleton, config=config, modules=modules, pre_quantized=pre_quantized)
-    placement = _Placement(skeleton, device_map, config, max_memory, torch_dtype)
-    loader = _WeightLoader(skeleton, ckpt, config, modules, pre_quantized, torch_dtype, placement)
+    placement = _Placement(skeleton, device_map, max_memory, torch_dtype or torch.float32)
+    loader = _WeightLoader(skeleton, ckpt, config, modules, pre_quantized, torch_dtype, placement, tied_sources, dtypes)
     loader.run(progress)
     loader.report(strict)
     if config is not None:
         hooks.process_after_weight_loading(model=skeleton, config=config)
-    skeleton.qcore_config = config
-    skeleton.qcore_modules = modules
+    mark_quantized(skeleton, config, modules)
+    skeleton.qcore_source = str(ckpt.directory)
     placement.dispatch(skeleton, offload_folder)
     return skeleton.eval()
+
+
+def compute_dtypes(model: nn.Module, modules: dict[str, QuantizationConfig]) -> dict[str, torch.dtype]:
+    """Module name -> the dtype its float weight has in the skeleton: the compute dtype its plugin must keep."""
+    dtypes = {}
+    for name in modules:
+        weight = getattr(get_module(model, name), "weight", None)
+        dtypes[name] = weight.dtype if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point else torch.float32
+    return dtypes
+
+
+def _tied_sources(model: nn.Module, ckpt: Checkpoint, modules: dict[str, QuantizationConfig]) -> dict[str, str]:
+    """checkpoint tensor -> module to quantize from it, for targeted modules whose weight is tied to it.
+
+    A tied ``lm_head`` is not in the checkpoint (only the embedding is); to quantize it while
+    loading, the embedding's tensor is handed to the head's create_quantized_param too, and
+    the model is untied (its config says so, so the saved checkpoint is read back untied).
+    """
+    from accelerate.utils import find_tied_parameters
+
+    if callable(getattr(model, "tie_weights", None)):
+        model.tie_weights()  # transformers ties in from_pretrained, not in from_config
+    sources: dict[str, str] = {}
+    for group in find_tied_parameters(model):
+        present = [name for name in group if name in ckpt.tensors]
+        for name in group:
+            module_name, _, attr = name.rpartition(".")
+            if attr == "weight" and module_name in modules and name not in ckpt.tensors and present:
+                sources[present[0]] = module_name
+    return sources
 
 
 class _Placement:
     """Which device each tensor goes to, from a device map."""
 
-    def __init__(self, model: nn.Module, device_map: Any, config: QuantizationConfig | None, max_memory: Any, dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, device_map: Any, max_memory: Any, dtype: torch.dtype) -> None:
         self.map: dict[str, Any] | None = None
         self.default = torch.device("cpu")
         if device_map is None or isinstance(device_map, str | torch.device | int) and device_map != "auto":
@@ -176,8 +249,6 @@ class _Placement:
             from accelerate.utils import get_max_memory, infer_auto_device_map
 
             budget = get_max_memory(max_memory)
-            if config is not None:
-                budget = registry().hook(config).adjust_max_memory(config=config, max_memory=budget) or budget
             device_map = infer_auto_device_map(
                 model, max_memory=budget, no_split_module_classes=getattr(model, "_no_split_modules", None), dtype=dtype
             )
@@ -210,9 +281,11 @@ class _WeightLoader:
     """Step 5: stream the checkpoint into the skeleton."""
 
     def __init__(self, model: nn.Module, ckpt: Checkpoint, config: QuantizationConfig | None,
-                 modules: dict[str, QuantizationConfig], pre_quantized: bool, dtype: torch.dtype, placement: _Placement) -> None:
+                 modules: dict[str, QuantizationConfig], pre_quantized: bool, dtype: torch.dtype | None,
+                 placement: _Placement, tied_sources: dict[str, str], dtypes: dict[str, torch.dtype]) -> None:
         self.model, self.ckpt, self.config, self.modules = model, ckpt, config, modules
         self.pre_quantized, self.dtype, self.placement = pre_quantized, dtype, placement
+        self.tied_sources, self.dtypes = tied_sources, dtypes
         self.module_names = {name for name, _ in model.named_modules()}
         self.targets: dict[str, dict[str, str]] = {}  # module -> {tensor name: relative name} still expected
         self.unexpected: list[str] = []
@@ -220,16 +293,11 @@ class _WeightLoader:
         self._plan()
 
     def _plan(self) -> None:
-        hooks = registry().hook(self.config) if self.config is not None else None
+        """Every checkpoint tensor of a converted module goes, with its siblings, to create_quantized_param."""
         for name in self.ckpt.tensors:
             owner = owning_module_name(name, self.module_names)
-            if owner in self.modules and hooks is not None:
-                module = get_module(self.model, owner)
-                needs = hooks.param_needs_quantization(
-                    model=self.model, param_name=name, module_name=owner, module=module, config=self.modules[owner]
-                )
-                if needs:
-                    self.targets.setdefault(owner, {})[name] = name[len(owner) + 1 :]
+            if owner in self.modules:
+                self.targets.setdefault(owner, {})[name] = name[len(owner) + 1 :]
 
     def run(self, progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -239,25 +307,37 @@ class _WeightLoader:
         bar = tqdm(total=len(self.ckpt.tensors), desc="Loading tensors", unit="tensor", disable=not progress, leave=False)
         for name, tensor in self.ckpt.iter_tensors():
             bar.update(1)
+            large = tensor.nbytes >= _TRIM_AFTER_BYTES
+            if name in self.tied_sources:
+                self._create(self.tied_sources[name], {"weight": tensor.clone()}, tied_to=name)
             owner = owner_of.get(name)
             if owner is None:
                 self._place(name, tensor)
-                continue
-            group = pending.setdefault(owner, {})
-            group[self.targets[owner][name]] = tensor
-            if len(group) == len(self.targets[owner]):
-                self._create(owner, pending.pop(owner))
+            else:
+                group = pending.setdefault(owner, {})
+                group[self.targets[owner][name]] = tensor
+                if len(group) == len(self.targets[owner]):
+                    self._create(owner, pending.pop(owner))
+            del tensor
+            if large:
+                _give_freed_memory_back()
         bar.close()
 
-    def _create(self, module_name: str, tensors: dict[str, torch.Tensor]) -> None:
+    def _create(self, module_name: str, tensors: dict[str, torch.Tensor], tied_to: str | None = None) -> None:
+        if not self.pre_quantized:
+            check_finite(module_name, tensors)
         hooks = registry().hook(self.config)
         module = get_module(self.model, module_name)
         handled = hooks.create_quantized_param(
             model=self.model, module_name=module_name, module=module, tensors=tensors,
-            config=self.modules[module_name], device=self.placement.device_for(module_name), pre_quantized=self.pre_quantized,
+            config=self.modules[module_name], device=self.placement.device_for(module_name),
+            pre_quantized=self.pre_quantized, dtype=self.dtypes[module_name],
         )
         if not handled:
             raise QcoreError(f"no plugin built the quantized module {module_name!r} (create_quantized_param returned None)")
+        if tied_to is not None:
+            _untie(self.model)
+            self.loaded.add(tied_to)
         self.loaded.update(f"{module_name}.{k}" for k in tensors)
 
     def _place(self, name: str, tensor: torch.Tensor) -> None:
@@ -282,13 +362,15 @@ class _WeightLoader:
             raise TensorMismatchError(
                 f"tensor {name!r} is {tensor.dtype} in the checkpoint but the model expects {current.dtype}"
             )
-        if tensor.dtype.is_floating_point and tensor.dtype != self.dtype:
-            tensor = tensor.to(self.dtype)
+        if tensor.dtype.is_floating_point:
+            want = current.dtype if current is not None else (self.dtype or torch.float32)
+            if tensor.dtype != want:
+                tensor = tensor.to(want)
         set_module_tensor_to_device(self.model, name, self.placement.device_for(module_name), value=tensor)
         self.loaded.add(name)
 
     def report(self, strict: bool) -> None:
-        if hasattr(self.model, "tie_weights"):
+        if hasattr(self.model, "tie_weights") and not self.tied_sources:
             self.model.tie_weights()
         missing = [
             name for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers())
@@ -308,52 +390,11 @@ class _WeightLoader:
             )
 
 
-# --- in-memory conversion -------------------------------------------------------------
-def quantize_weights(model: nn.Module, config: QuantizationConfig, device: torch.device | str | None = None) -> nn.Module:
-    """Quantize an in-memory float model with a method that needs no calibration data.
-
-    Runs the loading hooks on the live model: process_before_weight_loading swaps the
-    targeted modules, then create_quantized_param gets each module's float tensors.
-    """
-    hooks = registry().hook(config)
-    hooks.validate_environment(config=config, device_map=device)
-    modules = select_modules(model, config)
-    float_tensors = {name: dict(get_module(model, name).state_dict()) for name in modules}
-    hooks.process_before_weight_loading(model=model, config=config, modules=modules, pre_quantized=False)
-    for name, module_config in modules.items():
-        tensors = float_tensors.pop(name)
-        target = torch.device(device) if device is not None else tensors["weight"].device
-        handled = hooks.create_quantized_param(
-            model=model, module_name=name, module=get_module(model, name), tensors=tensors,
-            config=module_config, device=target, pre_quantized=False,
-        )
-        if not handled:
-            raise QcoreError(f"no plugin quantized module {name!r} (create_quantized_param returned None)")
-    hooks.process_after_weight_loading(model=model, config=config)
-    model.qcore_config = config
-    model.qcore_modules = modules
-    return model
-
-
-def dequantize(model: nn.Module) -> nn.Module:
-    """Replace every quantized module by the float module its plugin rebuilds."""
-    config = getattr(model, "qcore_config", None)
-    if config is None:
-        raise QcoreError("this model was not quantized by qcore (no qcore_config); nothing to dequantize")
-    hooks = registry().hook(config)
-    for name, module_config in model.qcore_modules.items():
-        new = hooks.dequantize(module_name=name, module=get_module(model, name), config=module_config)
-        if new is None:
-            raise QcoreError(f"the {config.quant_method!r} plugin cannot dequantize module {name!r}")
-        replace_module(model, name, new)
-    model.qcore_config = None
-    model.qcore_modules = {}
-    return model
-
-
-def is_trainable(model: nn.Module) -> bool:
-    """True when adapters (LoRA) can be trained on top of this quantized model (the is_trainable hook)."""
-    config = getattr(model, "qcore_config", None)
-    if config is None:
-        return True  # a float model trains
-    return bool(registry().hook(config).is_trainable(config=config))
+def _untie(model: nn.Module) -> None:
+    """The output head is quantized separately from the embedding: record that the model is untied."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config) and getattr(text_config(), "tie_word_embeddings", False):
+        text_config().tie_word_embeddings = False

@@ -40,3 +40,34 @@ def linear_from_weight(weight: torch.Tensor, bias: torch.Tensor | None = None) -
     if bias is not None:
         linear.bias = nn.Parameter(bias, requires_grad=False)
     return linear
+
+
+def expect_tensor(
+    module_name: str,
+    name: str,
+    tensor: torch.Tensor,
+    dtypes: tuple[torch.dtype, ...] | str,
+    shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Check one checkpoint tensor of a quantized module against its format; returns it.
+
+    :param dtypes: the allowed dtypes, or ``"float"`` / ``"integer"`` for any floating / integer dtype.
+    :param shape: the exact shape, when the format fixes it.
+    :raises TensorMismatchError: naming ``module_name.name``, what it is and what the format needs.
+    """
+    from qcore.errors import TensorMismatchError
+
+    if dtypes == "float":
+        ok = tensor.dtype.is_floating_point
+    elif dtypes == "integer":
+        ok = not tensor.dtype.is_floating_point and not tensor.dtype.is_complex and tensor.dtype != torch.bool
+    else:
+        ok = tensor.dtype in dtypes
+    if not ok or (shape is not None and tuple(tensor.shape) != tuple(shape)):
+        want = dtypes if isinstance(dtypes, str) else " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        want_shape = f" of shape {list(shape)}" if shape is not None else ""
+        raise TensorMismatchError(
+            f"{module_name}.{name} is {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}, but the format "
+            f"needs {want}{want_shape}; the checkpoint is damaged or does not match its config.json"
+        )
+    return tensor

@@ -66,6 +66,7 @@ class PluginRegistry:
         self.method_plugin: dict[str, str] = {}
         self.conflicts: dict[str, list[str]] = {}
         self.presets: dict[str, dict[str, Any]] = {}
+        self.filtered: dict[str, str | None] = {}  # entry points QCORE_PLUGINS left out -> distribution
         self._callers: dict[tuple[str, str], Any] = {}
         if os.environ.get("QCORE_TRACE"):
             self.pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -96,6 +97,8 @@ class PluginRegistry:
                     )
             for cls in classes:
                 self._claim(cls, info)
+            if not info.methods:
+                self._check_observer(plugin, name)
             presets = self._call_own(plugin, "qcore_presets") or {}
             for preset, data in presets.items():
                 if preset in self.presets:
@@ -128,6 +131,21 @@ class PluginRegistry:
         self.method_plugin[method] = info.name
         info.methods.append(method)
 
+    def _check_observer(self, plugin: Any, name: str) -> None:
+        """An observer (no methods) sees every method's hooks, so it may not answer a firstresult hook:
+        it would take the call away from the plugin that owns the method. It may wrap one."""
+        for hook_name in sorted(_spec_names()):
+            caller = getattr(self.pm.hook, hook_name)
+            if not caller.spec.opts.get("firstresult"):
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.hookwrapper or impl.wrapper):
+                    raise PluginError(
+                        f"plugin {name!r} registers no method (an observer) but implements {hook_name!r}, whose first "
+                        "answer wins: it would take the call from the plugin that owns the method. Observe it with "
+                        "@qcore.hookimpl(wrapper=True) (yield, then return the result), or register a method"
+                    )
+
     def _call_own(self, plugin: Any, hook_name: str) -> Any:
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             if impl.plugin is plugin:
@@ -152,18 +170,24 @@ class PluginRegistry:
             dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
             if wanted is not None and ep.name not in wanted and (dist or "") not in wanted:
+                self.filtered[ep.name] = dist
                 continue
             if ep.name in self.plugins:
                 continue
             try:
                 plugin = ep.load()
                 self.register(plugin, ep.name, dist, version)
-            except Exception as exc:  # a broken plugin is recorded, never fatal
+            except (Exception, SystemExit) as exc:  # a broken plugin is recorded, never fatal (even sys.exit())
                 self.broken[ep.name] = PluginInfo(ep.name, dist, version, error=f"{type(exc).__name__}: {exc}")
 
     # --- lookup and routing ---------------------------------------------------------
     def config_class(self, method: str) -> type[QuantizationConfig]:
         """The config class serving ``method``; a clear error when none or two do."""
+        if not isinstance(method, str) or not method:
+            raise ConfigError(
+                f"quant_method must name a quantization method (a non-empty string such as 'gptq'), got {method!r}; "
+                "see `qcore plugins` for the installed ones"
+            )
         if method in self.conflicts:
             a, b = self.conflicts[method]
             raise DuplicateMethodError(
@@ -172,6 +196,10 @@ class PluginRegistry:
             )
         if method in self.methods:
             return self.methods[method]
+        filtered = ""
+        if self.filtered:
+            shown = ", ".join(sorted(f"{n} ({d})" if d else n for n, d in self.filtered.items()))
+            filtered = f"; QCORE_PLUGINS={os.environ.get('QCORE_PLUGINS', '')!r} leaves out installed plugin(s) {shown}"
         broken = [b for b in self.broken.values() if b.distribution == INSTALL_HINTS.get(method)]
         if broken:
             raise MethodNotInstalledError(
@@ -179,15 +207,22 @@ class PluginRegistry:
                 f"to load: {broken[0].error}. Run `qcore plugins` for details"
             )
         if method in INSTALL_HINTS:
+            if INSTALL_HINTS[method] in self.filtered.values():
+                raise MethodNotInstalledError(
+                    f"quantization method {method!r} is served by {INSTALL_HINTS[method]}, which is installed but left "
+                    f"out by QCORE_PLUGINS={os.environ.get('QCORE_PLUGINS', '')!r}; add it there or unset QCORE_PLUGINS"
+                )
             raise MethodNotInstalledError(
                 f"quantization method {method!r} needs a plugin that is not installed: "
-                f"pip install {INSTALL_HINTS[method]}"
+                f"pip install {INSTALL_HINTS[method]}{filtered}"
             )
         known = sorted(set(self.methods) | set(INSTALL_HINTS))
         close = difflib.get_close_matches(method, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        loaded = ", ".join(sorted(self.methods)) or "none"
         raise MethodNotInstalledError(
-            f"unknown quantization method {method!r}; {hint}installed methods: {', '.join(sorted(self.methods)) or 'none'}"
+            f"unknown quantization method {method!r}; {hint}methods of the loaded plugins: {loaded}{filtered}. "
+            f"A third-party method needs its plugin installed (pip install <its distribution>)"
         )
 
     def hook(self, config: QuantizationConfig | str) -> _RoutedHooks:
@@ -258,7 +293,12 @@ def reset_registry() -> None:
 
 
 def make_config(method: str, **kwargs: Any) -> QuantizationConfig:
-    """``qcore.config("gptq", bits=4)``: build a method's config; misspelled keys are errors."""
+    """``qcore.config("gptq", bits=4)``: build a method's config; misspelled keys are errors.
+
+    :param method: the method's name (``quant_method``: "bitsandbytes", "gptq", ...; see ``qcore plugins``).
+    :param kwargs: the config's fields, named as in config.json.
+    :returns: the method's QuantizationConfig.
+    """
     cls = registry().config_class(method)
     return cls.from_dict({"quant_method": method, **kwargs}, strict=True)
 
@@ -275,6 +315,8 @@ def preset_config(preset: str) -> QuantizationConfig:
 
 def config_from_dict(data: dict[str, Any], *, strict: bool = False) -> QuantizationConfig:
     """A config from a ``quantization_config`` dict (as in config.json)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"quantization_config must be a JSON object, not {type(data).__name__}")
     if "quant_method" not in data:
         raise ConfigError("quantization_config has no 'quant_method'; cannot tell which method wrote it")
     return registry().config_class(data["quant_method"]).from_dict(data, strict=strict)

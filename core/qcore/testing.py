@@ -8,9 +8,12 @@ In a plugin's ``tests/test_conformance.py``::
         preset = "example-int8"          # or override make_config()
         max_relative_error = 0.05        # how far the quantized logits may drift from float
 
-pytest then runs every ``test_*`` below against the plugin, on a tiny random llama
-(needs transformers: ``pip install 'qcore[hf]'``). Methods that need calibration data
-override :meth:`PluginConformance.quantize_float_checkpoint`.
+pytest then runs every ``test_*`` below against the plugin, on tiny random llamas
+(needs transformers: ``pip install 'qcore[hf]'``): the plain one, one with biases in
+float16 and bfloat16, one with a tied output head that is quantized too, one whose
+MLP width (200) is no multiple of any group size, per-module overrides, and checkpoints
+whose companion tensors have the wrong shape or dtype. Methods that need calibration
+data override :meth:`PluginConformance.quantize_float_checkpoint`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import qcore
 from qcore.checkpoint import Checkpoint
 from qcore.config import QuantizationConfig
-from qcore.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from qcore.errors import CalibrationError, CheckpointError, ConfigError, CorruptCheckpointError, QcoreError
 from qcore.modules import get_module
 
 
@@ -185,6 +188,7 @@ class PluginConformance:
             qcore.load_quantized(broken, progress=False)
 
     def test_lying_header_is_reported(self, quantized: Any, workdir: Path) -> None:
+        """A header whose byte range for a tensor disagrees with its shape is caught by the offset check."""
         _, path = quantized
         data = bytearray((path / "model.safetensors").read_bytes())
         (length,) = struct.unpack("<Q", data[:8])
@@ -192,12 +196,12 @@ class PluginConformance:
         name = next(k for k in header if k != "__metadata__")
         begin, end = header[name]["data_offsets"]
         header[name]["data_offsets"] = [begin, end + 1]
-        raw = json.dumps(header).encode().ljust(length)
+        raw = json.dumps(header).encode()
         broken = workdir / "lying"
         broken.mkdir(exist_ok=True)
-        (broken / "model.safetensors").write_bytes(data[:8] + raw[:length] + data[8 + length :])
+        (broken / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
         (broken / "config.json").write_text((path / "config.json").read_text())
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises(CorruptCheckpointError, match=f"{name!r}.* needs \\d+ bytes but its offsets span"):
             qcore.load_quantized(broken, progress=False)
 
     def test_missing_companion_tensor_names_the_module(self, quantized: Any, workdir: Path) -> None:
@@ -210,3 +214,112 @@ class PluginConformance:
         broken = rewrite_checkpoint(path, workdir / "missing", lambda t: t.pop(victim))
         with pytest.raises(CheckpointError, match=module_name.replace(".", r"\.")):
             qcore.load_quantized(broken, progress=False)
+
+    # --- model variants: biases, half precision, a tied head, odd widths, overrides -------------
+    def _variant(self, workdir: Path, name: str, **overrides: Any) -> tuple[torch.nn.Module, Path]:
+        from qcore.testdata import tiny_llama
+
+        model = tiny_llama(**{**self.model_overrides, **overrides})
+        path = workdir / name
+        if not path.exists():
+            model.save_pretrained(path)
+        return model, path
+
+    def _load_variant(self, path: Path, config: QuantizationConfig, **kwargs: Any) -> torch.nn.Module:
+        """Load + quantize a variant as the plugin's tests quantize (on the fly, or via calibration)."""
+        if not kwargs:
+            return self.quantize_float_checkpoint(path, config)
+        if type(config).requires_calibration:
+            model = qcore.load_quantized(path, progress=False, **kwargs)
+            ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+            return qcore.quantize(model, config, calibration=ids, progress=False)
+        return qcore.load_quantized(path, quantization_config=config, progress=False, **kwargs)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_biases_under_half_precision(self, workdir: Path, tokens: torch.Tensor, dtype: torch.dtype) -> None:
+        """A model with biases everywhere, loaded with torch_dtype=float16/bfloat16: every float part (biases,
+        outputs) is in that dtype, and the logits stay close to the float32 model's."""
+        float_model, path = self._variant(workdir, "biased", attention_bias=True, mlp_bias=True)
+        model = self._load_variant(path, self.make_config(), torch_dtype=dtype)
+        assert model.qcore_modules
+        with torch.no_grad():
+            logits = model(tokens).logits
+            expected = float_model(tokens).logits
+        assert logits.dtype == dtype, f"logits are {logits.dtype} under torch_dtype={dtype}"
+        for name in model.qcore_modules:
+            bias = getattr(get_module(model, name), "bias", None)
+            if isinstance(bias, torch.Tensor):
+                assert bias.dtype == dtype, f"{name}.bias stayed {bias.dtype} under torch_dtype={dtype}"
+        err = relative_error(logits, expected)
+        assert err < self.max_relative_error + 0.05, f"relative logit error {err:.4f} in {dtype}"
+
+    def test_tied_head_is_quantized_while_loading(self, workdir: Path, tokens: torch.Tensor) -> None:
+        """tie_word_embeddings=True and modules_to_not_convert=[]: the head (absent from the checkpoint, tied to
+        the embedding) is quantized too, the same as qcore.quantize does in memory, and saves and reloads exactly."""
+        float_model, path = self._variant(workdir, "tied", tie_word_embeddings=True)
+        config = self.make_config().replace(modules_to_not_convert=[])
+        if type(config).requires_calibration:  # the head is outside the decoder blocks
+            with pytest.raises(CalibrationError, match="lm_head"):
+                self._load_variant(path, config, torch_dtype=torch.float32)
+            return
+        model = qcore.load_quantized(path, quantization_config=config, progress=False)
+        assert "lm_head" in model.qcore_modules and type(model.lm_head) is not torch.nn.Linear
+        in_memory = qcore.quantize(qcore.load_quantized(path, progress=False), config)
+        with torch.no_grad():
+            logits = model(tokens).logits
+            assert torch.equal(logits, in_memory(tokens).logits), "loading and qcore.quantize disagree"
+            err = relative_error(logits, float_model(tokens).logits)
+        assert err < self.max_relative_error * 2, f"relative logit error {err:.4f}"
+        saved = qcore.save_quantized(model, workdir / "tied-quantized", overwrite=True)
+        again = qcore.load_quantized(saved, progress=False)
+        with torch.no_grad():
+            assert torch.equal(again(tokens).logits, logits)
+
+    def test_widths_that_are_no_multiple_of_a_group(self, workdir: Path, tokens: torch.Tensor) -> None:
+        """An MLP width of 200 (a partial last group for any group size above 8): the plugin either quantizes it
+        correctly or refuses with a ConfigError that names a module, before any quantized tensor exists."""
+        float_model, path = self._variant(workdir, "odd", intermediate_size=200)
+        try:
+            model = self._load_variant(path, self.make_config())
+        except ConfigError as exc:
+            assert "mlp" in str(exc), f"the error does not name the module: {exc}"
+            return
+        with torch.no_grad():
+            err = relative_error(model(tokens).logits, float_model(tokens).logits)
+        assert err < self.max_relative_error, f"relative logit error {err:.4f}"
+
+    def test_per_module_override_skips_a_module(self, float_model: Any, tokens: torch.Tensor) -> None:
+        """module_overrides {"down_proj": {"skip": True}} keeps every down_proj in float and converts the rest."""
+        config = self.make_config().replace(module_overrides={"down_proj": {"skip": True}})
+        model = self._load_variant(float_model[1], config)
+        assert model.qcore_modules and not any(n.endswith("down_proj") for n in model.qcore_modules)
+        for name, module in model.named_modules():
+            if name.endswith("down_proj"):
+                assert type(module) is torch.nn.Linear
+        with torch.no_grad():
+            err = relative_error(model(tokens).logits, float_model[0](tokens).logits)
+        assert err < self.max_relative_error
+
+    def test_companions_with_wrong_dtype_or_shape_are_refused(self, quantized: Any, workdir: Path) -> None:
+        """Every tensor of a quantized module stored with another dtype (float <-> integer) or one element more
+        is refused with a qcore error naming the module: never loaded silently into wrong numbers."""
+        model, path = quantized
+        module_name = next(iter(model.qcore_modules))
+        ckpt = Checkpoint(path)
+        names = [k for k in ckpt.tensors if k.startswith(module_name + ".") and not k.endswith(".bias")]
+
+        def flip_dtype(t: torch.Tensor) -> torch.Tensor:
+            return t.float().to(torch.int32) if t.dtype.is_floating_point else t.to(torch.float32)
+
+        def one_more(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t.reshape(-1), t.reshape(-1)[:1]]) if t.dim() <= 1 else torch.cat([t, t[:1]])
+
+        for victim in names:
+            for how, change in (("dtype", flip_dtype), ("shape", one_more)):
+                def edit(tensors: dict[str, torch.Tensor], victim: str = victim, change: Any = change) -> None:
+                    tensors[victim] = change(tensors[victim])
+
+                broken = rewrite_checkpoint(path, workdir / f"bad-{how}", edit)
+                with pytest.raises(QcoreError, match=module_name.replace(".", r"\.")) as info:
+                    qcore.load_quantized(broken, progress=False)
+                assert info.value is not None, f"{victim} with the wrong {how} loaded silently"

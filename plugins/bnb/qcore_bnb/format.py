@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from qcore.errors import CheckpointError
+from qcore.modules import expect_tensor
 
 QUANT_STATE_PREFIX = "weight.quant_state.bitsandbytes__"
 FOUR_BIT_KEYS = ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map")
@@ -84,11 +85,22 @@ def read_quant_state(module_name: str, tensors: dict[str, torch.Tensor], out_fea
     for key in ("weight", "weight.absmax", "weight.quant_map"):
         if key not in tensors:
             raise CheckpointError(f"{module_name}: 4-bit checkpoint lacks '{key}'; the checkpoint is incomplete")
+    raw = tensors[states[0]]
+    expect_tensor(module_name, states[0], raw, (torch.uint8,))
+    if raw.dim() != 1:
+        raise CheckpointError(f"{module_name}.{states[0]} must be a 1-D byte string, has shape {list(raw.shape)}")
     try:
-        info = json.loads(bytes(tensors[states[0]].to(torch.uint8).tolist()).decode("utf-8"))
-        quant_type, blocksize, dtype, shape = info["quant_type"], int(info["blocksize"]), info["dtype"], tuple(info["shape"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        info = json.loads(bytes(raw.tolist()).decode("utf-8"))
+        quant_type, blocksize, dtype, shape = info["quant_type"], info["blocksize"], info["dtype"], info["shape"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{module_name}: quant_state JSON does not parse ({exc}); the checkpoint is corrupt") from exc
+    if not _positive_int(blocksize) or not isinstance(shape, list) or not all(_positive_int(d) for d in shape) \
+            or not isinstance(dtype, str):
+        raise CheckpointError(
+            f"{module_name}: quant_state has blocksize {blocksize!r}, shape {shape!r}, dtype {dtype!r}; expected a "
+            "positive integer, a list of positive integers and a dtype name"
+        )
+    shape = tuple(shape)
     if quant_type not in ("nf4", "fp4") or states[0] != QUANT_STATE_PREFIX + quant_type:
         raise CheckpointError(f"{module_name}: quant_state names quant_type {quant_type!r} under {states[0]!r}")
     if shape != (out_features, in_features):
@@ -97,22 +109,30 @@ def read_quant_state(module_name: str, tensors: dict[str, torch.Tensor], out_fea
     packed_bytes = tensors["weight"].numel() * tensors["weight"].element_size()
     if packed_bytes != (n + 1) // 2:
         raise CheckpointError(f"{module_name}: packed weight has {packed_bytes} bytes, but shape {list(shape)} needs {(n + 1) // 2}")
-    if blocksize <= 0 or tensors["weight.absmax"].numel() != -(-n // blocksize):
-        raise CheckpointError(
-            f"{module_name}: {tensors['weight.absmax'].numel()} absmax values do not fit {n} weights in blocks of {blocksize}"
-        )
-    state = QuantState4bit(quant_type, blocksize, dtype, shape, tensors["weight.absmax"], tensors["weight.quant_map"].float())
-    if state.quant_map.numel() != 16:
-        raise CheckpointError(f"{module_name}: quant_map has {state.quant_map.numel()} values, expected 16")
-    if "nested_offset" in info:
+    nested = "nested_offset" in info
+    absmax = expect_tensor(module_name, "weight.absmax", tensors["weight.absmax"], (torch.uint8,) if nested else "float",
+                           (-(-n // blocksize),))
+    quant_map = expect_tensor(module_name, "weight.quant_map", tensors["weight.quant_map"], "float", (16,))
+    state = QuantState4bit(quant_type, blocksize, dtype, shape, absmax, quant_map.float())
+    if nested:
         for key in ("weight.nested_absmax", "weight.nested_quant_map"):
             if key not in tensors:
                 raise CheckpointError(f"{module_name}: double-quantized checkpoint lacks '{key}'")
-        state.nested_absmax, state.nested_quant_map = tensors["weight.nested_absmax"], tensors["weight.nested_quant_map"].float()
-        state.nested_blocksize, state.nested_dtype = int(info["nested_blocksize"]), info.get("nested_dtype", "float32")
-        state.nested_offset = float(info["nested_offset"])
-        if state.absmax.dtype != torch.uint8 or state.nested_absmax.numel() != -(-state.absmax.numel() // state.nested_blocksize):
-            raise CheckpointError(f"{module_name}: nested absmax does not fit the absmax values ({state.absmax.numel()})")
-    elif state.absmax.dtype == torch.uint8:
-        raise CheckpointError(f"{module_name}: absmax is 8-bit but the quant_state has no nested statistics")
+        nested_blocksize, offset = info.get("nested_blocksize"), info.get("nested_offset")
+        if not _positive_int(nested_blocksize) or isinstance(offset, bool) or not isinstance(offset, int | float) \
+                or not math.isfinite(offset):
+            raise CheckpointError(
+                f"{module_name}: quant_state has nested_blocksize {nested_blocksize!r} and nested_offset {offset!r}; "
+                "expected a positive integer and a finite number"
+            )
+        state.nested_blocksize, state.nested_dtype = nested_blocksize, info.get("nested_dtype", "float32")
+        state.nested_offset = float(offset)
+        state.nested_absmax = expect_tensor(module_name, "weight.nested_absmax", tensors["weight.nested_absmax"], "float",
+                                            (-(-absmax.numel() // nested_blocksize),))
+        state.nested_quant_map = expect_tensor(module_name, "weight.nested_quant_map", tensors["weight.nested_quant_map"],
+                                               "float", (256,)).float()
     return state
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

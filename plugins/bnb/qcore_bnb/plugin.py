@@ -7,7 +7,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import CheckpointError, TensorMismatchError
-from qcore.modules import linear_from_weight, replace_module
+from qcore.modules import expect_tensor, linear_from_weight, replace_module
 
 from .config import BnbConfig
 from .format import QuantState4bit, checkpoint_kind, read_quant_state
@@ -46,12 +46,7 @@ def process_before_weight_loading(model, modules):
 
 
 @qcore.hookimpl
-def param_needs_quantization(module):
-    return isinstance(module, Linear4bit | Linear8bitLt)
-
-
-@qcore.hookimpl
-def create_quantized_param(module_name, module, tensors, config, device, pre_quantized):
+def create_quantized_param(module_name, module, tensors, config, device, pre_quantized, dtype):
     kind = checkpoint_kind(module_name, tensors) if pre_quantized else "float"
     if "weight" not in tensors:
         raise CheckpointError(f"{module_name}: checkpoint has no 'weight' for this layer")
@@ -67,8 +62,8 @@ def create_quantized_param(module_name, module, tensors, config, device, pre_qua
     if module.bias is not None:
         if "bias" not in tensors:
             raise CheckpointError(f"{module_name}: checkpoint has no 'bias' for this layer")
-        module.bias = nn.Parameter(tensors["bias"].to(module.compute_dtype if isinstance(module, Linear4bit) else tensors["bias"].dtype),
-                                   requires_grad=False)
+        bias = expect_tensor(module_name, "bias", tensors["bias"], "float", (module.out_features,))
+        module.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
     module.to(device)
     return True
 
@@ -110,12 +105,12 @@ def _fill_8bit(module_name: str, module: Linear8bitLt, tensors: dict, pre_quanti
     if pre_quantized:
         if "SCB" not in tensors:
             raise CheckpointError(f"{module_name}: 8-bit checkpoint lacks 'SCB' (the row scales)")
-        q, scb = tensors["weight"], tensors["SCB"].float()
-        if q.dtype != torch.int8 or tuple(q.shape) != (module.out_features, module.in_features) or scb.shape != (module.out_features,):
-            raise CheckpointError(
-                f"{module_name}: 8-bit weight {q.dtype} {list(q.shape)} / SCB {list(scb.shape)} do not fit the layer "
-                f"({module.out_features}, {module.in_features})"
-            )
+        q = expect_tensor(module_name, "weight", tensors["weight"], (torch.int8,), (module.out_features, module.in_features))
+        scb = expect_tensor(module_name, "SCB", tensors["SCB"], "float", (module.out_features,)).float()
+        if "weight_format" in tensors:
+            expect_tensor(module_name, "weight_format", tensors["weight_format"], "integer", ())
+        if not bool(torch.isfinite(scb).all()):
+            raise CheckpointError(f"{module_name}.SCB holds NaN/Inf row scales; the checkpoint is damaged")
     else:
         _check_float_weight(module_name, module, tensors["weight"])
         q, scb = kernels.int8_rowwise_quantize(tensors["weight"])

@@ -30,30 +30,32 @@ def process_before_weight_loading(model, modules):
 
 
 @qcore.hookimpl
-def param_needs_quantization(module):
-    return isinstance(module, Int8Linear)
-
-
-@qcore.hookimpl
-def create_quantized_param(module_name, module, tensors, device, pre_quantized):
-    if pre_quantized:
+def create_quantized_param(module_name, module, tensors, device, pre_quantized, dtype):
+    # `tensors` holds ALL of this module's checkpoint tensors (even across shards),
+    # named relative to the module: {"weight": ..., "weight_scale": ..., "bias": ...}.
+    # `dtype` is the model's compute dtype (torch_dtype): float parts such as the bias use it.
+    if pre_quantized:                         # a checkpoint we (or another tool) wrote
         missing = {"weight", "weight_scale"} - tensors.keys()
         if missing:
             raise CheckpointError(f"{module_name}: checkpoint lacks {sorted(missing)} of this int8 module")
         q, scale = tensors["weight"], tensors["weight_scale"]
-    else:
+    else:                                     # a float checkpoint, quantized on the fly
         q, scale = quantize_per_channel(tensors["weight"])
-    if tuple(q.shape) != (module.out_features, module.in_features) or q.dtype != torch.int8:
-        raise CheckpointError(
-            f"{module_name}: weight is {q.dtype} {list(q.shape)}, expected int8 "
-            f"{[module.out_features, module.in_features]}"
-        )
+    # check every tensor against the format before using it: a wrong dtype or shape must not load
+    out_features, in_features = module.out_features, module.in_features
+    for name, tensor, want_dtype, want_shape in (("weight", q, torch.int8, (out_features, in_features)),
+                                                 ("weight_scale", scale, torch.float32, (out_features,))):
+        if tensor.dtype != want_dtype or tuple(tensor.shape) != want_shape:
+            raise CheckpointError(f"{module_name}.{name} is {tensor.dtype} {list(tensor.shape)}, expected "
+                                  f"{want_dtype} {list(want_shape)}")
     module.weight = q.to(device)
-    module.weight_scale = scale.to(device, torch.float32)
+    module.weight_scale = scale.to(device)
     if module.bias is not None:
-        module.bias = nn.Parameter(tensors["bias"].to(device), requires_grad=False)
-    return True
-
+        bias = tensors.get("bias")
+        if bias is None or tuple(bias.shape) != (out_features,):
+            raise CheckpointError(f"{module_name}: checkpoint lacks a bias of shape [{out_features}]")
+        module.bias = nn.Parameter(bias.to(device, dtype), requires_grad=False)
+    return True                               # firstresult hook: anything non-None means "handled"
 
 @qcore.hookimpl
 def dequantize(module):

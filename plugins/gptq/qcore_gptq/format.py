@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from qcore.errors import CheckpointError
+from qcore.modules import expect_tensor
 from qcore.packing import pack_int32, unpack_int32
 
 from .gptq import GPTQResult
@@ -47,13 +48,17 @@ def from_tensors(module_name: str, tensors: dict[str, torch.Tensor], bits: int, 
         if key not in tensors:
             raise CheckpointError(f"{module_name}: GPTQ checkpoint lacks '{key}'")
     qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
+    expect_tensor(module_name, "qzeros", qzeros, (torch.int32,))
+    expect_tensor(module_name, "scales", scales, "float")
+    if not bool(torch.isfinite(scales).all()):
+        raise CheckpointError(f"{module_name}.scales holds NaN/Inf; the checkpoint is damaged")
     if qweight.dtype != torch.int32 or tuple(qweight.shape) != (in_features * bits // 32, out_features):
         raise CheckpointError(
             f"{module_name}: qweight is {qweight.dtype} {list(qweight.shape)}, but {bits}-bit weights of a "
             f"({out_features}, {in_features}) layer need int32 [{in_features * bits // 32}, {out_features}]; "
             "does config.json give the right bits?"
         )
-    groups = scales.shape[0]
+    groups = scales.shape[0] if scales.dim() == 2 else 0
     if scales.dim() != 2 or scales.shape[1] != out_features or tuple(qzeros.shape) != (groups, out_features * bits // 32):
         raise CheckpointError(
             f"{module_name}: scales {list(scales.shape)} / qzeros {list(qzeros.shape)} do not fit {out_features} outputs "
@@ -62,7 +67,8 @@ def from_tensors(module_name: str, tensors: dict[str, torch.Tensor], bits: int, 
     g_idx = tensors.get("g_idx")
     if g_idx is None:
         g_idx = torch.arange(in_features) * groups // in_features  # no g_idx: contiguous, equal groups
-    if g_idx.numel() != in_features:
+    expect_tensor(module_name, "g_idx", g_idx, "integer")
+    if g_idx.dim() != 1 or g_idx.numel() != in_features:
         raise CheckpointError(f"{module_name}: g_idx has {g_idx.numel()} entries, expected one per input ({in_features})")
     if int(g_idx.min()) < 0 or int(g_idx.max()) >= groups:
         raise CheckpointError(f"{module_name}: g_idx names groups outside 0..{groups - 1}")

@@ -34,7 +34,7 @@ class GPTQResult:
 def inverse_hessian_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp*I)^-1``; dampening grows (x10, with a warning) until H is positive definite."""
     damp = damp_percent * torch.mean(torch.diag(H).abs()).clamp(min=1e-8)
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for attempt in range(8):
         try:
             L = torch.linalg.cholesky(H + damp * eye)

@@ -7,7 +7,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
-from qcore.modules import linear_from_weight, replace_module
+from qcore.modules import expect_tensor, linear_from_weight, replace_module
 
 from .config import GPTQConfig
 from .linear import GPTQQuantLinear
@@ -33,9 +33,14 @@ def _new_module(linear: nn.Module, config: GPTQConfig, device: str = "meta") -> 
 
 
 @qcore.hookimpl
-def process_before_weight_loading(model, modules):
+def validate_environment(model, modules):
     for name, cfg in modules.items():
         _check_packable(name, model.get_submodule(name), cfg)
+
+
+@qcore.hookimpl
+def process_before_weight_loading(model, modules):
+    for name, cfg in modules.items():
         replace_module(model, name, _new_module(model.get_submodule(name), cfg))
 
 
@@ -46,11 +51,6 @@ def _check_packable(name: str, linear: nn.Module, config: GPTQConfig) -> None:
                 f"{name}: {what}={size} at {config.bits} bits does not fill whole int32 words, which the GPTQ "
                 f"format needs; leave it in float with modules_to_not_convert=[{name!r}] or choose other bits"
             )
-
-
-@qcore.hookimpl
-def param_needs_quantization(module):
-    return isinstance(module, GPTQQuantLinear)
 
 
 def _min_zero(config: GPTQConfig) -> int:
@@ -65,13 +65,15 @@ def _fill(module: GPTQQuantLinear, result, config: GPTQConfig, bias: torch.Tenso
 
 
 @qcore.hookimpl
-def create_quantized_param(module_name, module, tensors, config, device, pre_quantized):
+def create_quantized_param(module_name, module, tensors, config, device, pre_quantized, dtype):
     from .format import from_tensors
     from .gptq import rtn_quantize
 
     if module.bias is not None and "bias" not in tensors:
         raise CheckpointError(f"{module_name}: checkpoint has no 'bias' for this layer")
     bias = tensors.get("bias")
+    if bias is not None:
+        bias = expect_tensor(module_name, "bias", bias, "float", (module.out_features,)).to(dtype)
     if pre_quantized:
         qweight, zeros, scales, g_idx = from_tensors(module_name, tensors, config.bits, module.in_features,
                                                      module.out_features, config.checkpoint_format)

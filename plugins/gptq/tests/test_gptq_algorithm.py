@@ -11,7 +11,25 @@ import pytest
 import torch
 
 from qcore_gptq.gptq import gptq_quantize, rtn_quantize
-from qcore_gptq.quantizer import group_params
+
+
+def reference_group_params(w, bits, sym):
+    """Scale and zero of the GPTQ reference code's Quantizer.find_params (per row, grid includes 0, float32 as
+    the reference computes), written here independently of qcore_gptq.quantizer: a plain loop over rows."""
+    maxq = 2**bits - 1
+    scales, zeros = [], []
+    for row in w.float():
+        xmin, xmax = torch.clamp(row.min(), max=0.0), torch.clamp(row.max(), min=0.0)
+        if sym:
+            xmax = torch.maximum(xmin.abs(), xmax)
+            if xmin < 0:
+                xmin = -xmax
+        if xmin == 0 and xmax == 0:
+            xmin, xmax = torch.tensor(-1.0), torch.tensor(1.0)
+        scale = (xmax - xmin) / maxq
+        zeros.append((maxq + 1) // 2 if sym else int(torch.round(-xmin / scale)))
+        scales.append(float(scale))
+    return torch.tensor(scales, dtype=torch.float32), torch.tensor(zeros, dtype=torch.int64)
 
 
 def reference_gptq(W, H, bits, group_size, sym, desc_act, damp_percent=0.01, static_groups=False):
@@ -22,7 +40,7 @@ def reference_gptq(W, H, bits, group_size, sym, desc_act, damp_percent=0.01, sta
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    static = [group_params(W[:, g:g + gs].float(), bits, sym) for g in range(0, cols, gs)] if static_groups else None
+    static = [reference_group_params(W[:, g:g + gs], bits, sym) for g in range(0, cols, gs)] if static_groups else None
     perm = torch.argsort(torch.diag(H), descending=True) if desc_act else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     H = H + damp_percent * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
@@ -32,7 +50,7 @@ def reference_gptq(W, H, bits, group_size, sym, desc_act, damp_percent=0.01, sta
         if static is not None:
             scale, zero = static[int(perm[j]) // gs]
         elif j % gs == 0:
-            scale, zero = group_params(W[:, j:j + gs].float(), bits, sym)
+            scale, zero = reference_group_params(W[:, j:j + gs], bits, sym)
         scale, zero = scale.double(), zero
         q = torch.clamp(torch.round(W[:, j] / scale) + zero, 0, maxq).to(torch.int64)
         Q[:, j] = q

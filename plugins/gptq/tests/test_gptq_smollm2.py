@@ -6,6 +6,8 @@ import torch
 import qcore
 from qcore.testdata import calibration_text, reference_text, smollm2_checkpoint
 
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M model
+
 
 @pytest.fixture(scope="module")
 def setup():

@@ -56,10 +56,10 @@ def test_routing_reaches_only_the_owning_plugin_and_observers():
     reg.register(tiny, "tiny")
     reg.register(other, "other")
     reg.register(observer, "observer")
-    reg.hook(TinyConfig()).validate_environment(config=TinyConfig(), device_map=None)
+    reg.hook(TinyConfig()).validate_environment(config=TinyConfig(), device_map=None, model=None, modules={})
     assert other.calls == []
     assert observer.calls == [("validate_environment", "tiny")]
-    reg.hook("other").validate_environment(config=qcore.config("other"), device_map=None)
+    reg.hook("other").validate_environment(config=qcore.config("other"), device_map=None, model=None, modules={})
     assert other.calls == [("validate_environment", "other")]
 
 
@@ -141,7 +141,7 @@ def test_qcore_plugins_environment_filter(value, expected):
 
 
 def test_trace_prints_hook_calls(tmp_path):
-    code = "import qcore; qcore.registry().hook('example_int8').validate_environment(config=qcore.config('example_int8'), device_map=None)"
+    code = "import qcore; qcore.registry().hook('example_int8').validate_environment(config=qcore.config('example_int8'), device_map=None, model=None, modules={})"
     result = run_python(code, env_extra={"QCORE_TRACE": "1"})
     assert "qcore hook validate_environment" in result.stderr
 
@@ -161,3 +161,15 @@ def test_presets_are_collected_and_validated():
     with pytest.raises(PluginError, match="already defined"):
         registry().register(BadPreset(), "badpreset")
     assert "tiny" not in registry().methods  # a failed registration leaves nothing behind
+
+
+def test_a_method_left_out_by_qcore_plugins_says_so(tmp_path):
+    """Never 'installed methods: none' when the plugins are merely filtered out."""
+    code = ("import qcore\nfrom qcore.errors import MethodNotInstalledError\n"
+            "for method in ('example_int8', 'bitsandbytes'):\n"
+            "    try:\n        qcore.config(method)\n    except MethodNotInstalledError as exc:\n        print(exc)\n")
+    result = run_python(code, env_extra={"QCORE_PLUGINS": "none"})
+    lines = result.stdout.strip().splitlines()
+    assert "QCORE_PLUGINS='none' leaves out installed plugin(s)" in lines[0] and "example (qcore-plugin-example)" in lines[0]
+    assert "methods: none" not in lines[0]
+    assert "qcore-plugin-bnb, which is installed but left out by QCORE_PLUGINS" in lines[1]

@@ -219,9 +219,9 @@ class PluginRegistry:
         known = sorted(set(self.methods) | set(INSTALL_HINTS))
         close = difflib.get_close_matches(method, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        loaded = ", ".join(sorted(self.methods)) or "none"
+        loaded = f"methods of the loaded plugins: {', '.join(sorted(self.methods))}" if self.methods else "no plugin is loaded"
         raise MethodNotInstalledError(
-            f"unknown quantization method {method!r}; {hint}methods of the loaded plugins: {loaded}{filtered}. "
+            f"unknown quantization method {method!r}; {hint}{loaded}{filtered}. "
             f"A third-party method needs its plugin installed (pip install <its distribution>)"
         )
 

@@ -73,11 +73,13 @@ class PluginConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def workdir(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        """A directory shared by the tests of one conformance class."""
         return tmp_path_factory.mktemp(cls.__name__)
 
     @pytest.fixture(scope="class")
     @classmethod
     def float_model(cls, workdir: Path) -> tuple[torch.nn.Module, Path]:
+        """A tiny random llama (no biases, untied head, float32) and its checkpoint written by transformers."""
         from qcore.testdata import tiny_llama
 
         model = tiny_llama(**cls.model_overrides)
@@ -87,6 +89,7 @@ class PluginConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def quantized(cls, float_model: tuple[torch.nn.Module, Path], workdir: Path) -> tuple[torch.nn.Module, Path]:
+        """The float model quantized with the plugin's config, and the checkpoint qcore saved from it."""
         suite = cls()
         model = suite.quantize_float_checkpoint(float_model[1], suite.make_config())
         path = qcore.save_quantized(model, workdir / "quantized")
@@ -95,6 +98,7 @@ class PluginConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def tokens(cls) -> torch.Tensor:
+        """Two sequences of 24 random token ids (seeded)."""
         return torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
     # --- the tests ---------------------------------------------------------------------------

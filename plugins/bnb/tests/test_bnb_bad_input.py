@@ -32,7 +32,17 @@ EDITS = {
     "missing quant_state": (lambda t: t.pop(STATE), "quant_state"),
     "quant_state not JSON": (lambda t: t.update({STATE: torch.tensor(list(b"{not json"), dtype=torch.uint8)}), "does not parse"),
     "quant_state shape lies": (lambda t: t.update({STATE: json_tensor({**state_of(t), "shape": [32, 128]})}), "does not match the layer"),
-    "blocksize does not fit": (lambda t: t.update({STATE: json_tensor({**state_of(t), "blocksize": 48})}), "blocks of 48"),
+    "blocksize does not fit": (lambda t: t.update({STATE: json_tensor({**state_of(t), "blocksize": 48})}), "weight.absmax .* needs uint8 of shape"),
+    "blocksize zero": (lambda t: t.update({STATE: json_tensor({**state_of(t), "blocksize": 0})}), "blocksize 0"),
+    "nested_blocksize zero": (lambda t: t.update({STATE: json_tensor({**state_of(t), "nested_blocksize": 0})}), "nested_blocksize 0"),
+    "nested_blocksize text": (lambda t: t.update({STATE: json_tensor({**state_of(t), "nested_blocksize": "256"})}), "nested_blocksize '256'"),
+    "nested_offset text": (lambda t: t.update({STATE: json_tensor({**state_of(t), "nested_offset": "0.1"})}), "nested_offset '0.1'"),
+    "shape of text": (lambda t: t.update({STATE: json_tensor({**state_of(t), "shape": "64x64"})}), "shape '64x64'"),
+    "quant_state stored as float": (lambda t: t.update({STATE: t[STATE].float()}), "needs uint8"),
+    "quant_map stored as integers": (lambda t: t.update({f"{MODULE}.weight.quant_map": t[f"{MODULE}.weight.quant_map"].to(torch.int32)}), "quant_map is int32"),
+    "absmax stored as int32": (lambda t: t.update({f"{MODULE}.weight.absmax": t[f"{MODULE}.weight.absmax"].to(torch.int32)}), "absmax is int32"),
+    "nested_absmax as integers": (lambda t: t.update({f"{MODULE}.weight.nested_absmax": t[f"{MODULE}.weight.nested_absmax"].to(torch.int64)}), "nested_absmax is int64"),
+    "0-d quant_map": (lambda t: t.update({f"{MODULE}.weight.quant_map": torch.tensor(1.0)}), "quant_map is float32 \\[\\]"),
     "4-bit and 8-bit keys mixed": (lambda t: t.update({f"{MODULE}.SCB": torch.ones(64)}), "both 4-bit"),
     "missing nested absmax": (lambda t: t.pop(f"{MODULE}.weight.nested_absmax"), "nested_absmax"),
 }
@@ -83,6 +93,6 @@ def test_hf_config_round_trips_through_transformers():
 
 
 def test_llm_int8_skip_modules_maps_onto_targeting(tiny_float_dir):
-    cfg = qcore.config("bitsandbytes", load_in_8bit=True, llm_int8_skip_modules=["mlp", "lm_head"])
+    cfg = qcore.config("bitsandbytes", load_in_8bit=True, llm_int8_skip_modules=[r"model\.layers\.\d+\.mlp", "lm_head"])
     model = qcore.load_quantized(tiny_float_dir, cfg, progress=False)
     assert not any(".mlp." in n for n in model.qcore_modules) and "model.layers.0.self_attn.q_proj" in model.qcore_modules

@@ -79,8 +79,15 @@ def gptq_dir(float_dir, tmp_path_factory):
         (lambda t: t.update({f"{MODULE}.qweight": torch.zeros(48, 64, dtype=torch.int32)}), "right bits"),
         (lambda t: t.pop(f"{MODULE}.scales"), "lacks 'scales'"),
         (lambda t: t.update({f"{MODULE}.qzeros": torch.zeros(3, 8, dtype=torch.int32)}), "do not fit"),
+        (lambda t: t.update({f"{MODULE}.qzeros": t[f"{MODULE}.qzeros"].float()}), "qzeros is float32"),
+        (lambda t: t.update({f"{MODULE}.scales": t[f"{MODULE}.scales"].to(torch.int32)}), "scales is int32"),
+        (lambda t: t.update({f"{MODULE}.scales": torch.tensor(0.01, dtype=torch.float16)}), "scales"),
+        (lambda t: t.update({f"{MODULE}.scales": torch.full_like(t[f"{MODULE}.scales"], float("nan"))}), "NaN"),
+        (lambda t: t.update({f"{MODULE}.g_idx": t[f"{MODULE}.g_idx"].float().fill_(float("nan"))}), "g_idx is float32"),
+        (lambda t: t.update({f"{MODULE}.g_idx": t[f"{MODULE}.g_idx"].reshape(-1, 1)}), "g_idx"),
     ],
-    ids=["g_idx length", "g_idx range", "qweight vs bits", "missing scales", "qzeros shape"],
+    ids=["g_idx length", "g_idx range", "qweight vs bits", "missing scales", "qzeros shape", "qzeros float",
+         "scales int32", "0-d scales", "NaN scales", "g_idx NaN", "g_idx rank"],
 )
 def test_inconsistent_checkpoints_name_the_module(gptq_dir, tmp_path, edit, message):
     broken = rewrite_checkpoint(gptq_dir, tmp_path / "broken", edit)

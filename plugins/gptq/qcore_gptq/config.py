@@ -15,7 +15,9 @@ class GPTQConfig(QuantizationConfig):
     """The keys transformers/optimum/gptqmodel write for GPTQ, same names and defaults.
 
     ``checkpoint_format``: "gptq" (v1: zero points stored minus one, the format every
-    loader reads) or "gptq_v2" (zero points stored as they are).
+    loader reads) or "gptq_v2" (zero points stored as they are). ``act_group_aware``
+    (default True, as gptqmodel): with ``desc_act=False``, columns are quantized in the
+    group-aware order; it changes nothing in the saved layout.
     """
 
     quant_method = "gptq"
@@ -26,7 +28,7 @@ class GPTQConfig(QuantizationConfig):
         "model_seqlen", "block_name_to_quantize", "module_name_preceding_first_block", "batch_size",
         "pad_token_id", "use_cuda_fp16", "modules_in_block_to_quantize", "backend", "meta", "model_name_or_path",
         "model_file_base_name", "quantizer", "pack_dtype", "damp_auto_increment", "mse", "v2", "v2_alpha",
-        "act_group_aware", "format", "lm_head", "is_marlin_format", "dynamic", "hyb_act", "quant_method_version",
+        "format", "lm_head", "is_marlin_format", "dynamic", "hyb_act", "quant_method_version",
         "mock_quantization", "fail_safe", "offload_to_disk", "offload_to_disk_path", "rotation", "adapter", "method",
     })
 
@@ -34,6 +36,8 @@ class GPTQConfig(QuantizationConfig):
     group_size: int = 128
     damp_percent: float = 0.01
     desc_act: bool = False
+    # group-aware reordering (gptqmodel's default): act-order's benefit without g_idx indirection
+    act_group_aware: bool = True
     sym: bool = True
     true_sequential: bool = True
     static_groups: bool = False

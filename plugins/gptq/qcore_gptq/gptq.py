@@ -46,17 +46,40 @@ def inverse_hessian_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tens
     raise RuntimeError("GPTQ: the Hessian stayed singular after raising dampening 8 times; check the calibration data")
 
 
+def group_aware_order(diag_h: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Group-aware reordering (GAR, gptqmodel's ``act_group_aware``): the order to quantize columns in.
+
+    Groups stay the contiguous groups of the saved layout (``column // group_size``, the last one
+    possibly partial); inside each group, columns go by decreasing ``diag(H)``; the groups go by
+    decreasing largest ``diag(H)`` (ties keep the original group order). So important columns are
+    quantized first, as with act-order, but no ``g_idx`` indirection is needed at inference.
+
+    :param diag_h: float (in,), the Hessian diagonal.
+    :returns: int64 (in,) ``order[position] = column``.
+    """
+    columns = diag_h.numel()
+    starts = list(range(0, columns, group_size))
+    local = [start + torch.sort(diag_h[start:start + group_size], descending=True, stable=True).indices
+             for start in starts]
+    scores = torch.stack([diag_h[start:start + group_size].max() for start in starts])
+    ranking = torch.sort(scores, descending=True, stable=True).indices
+    return torch.cat([local[int(g)] for g in ranking])
+
+
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, sym: bool = True,
                   desc_act: bool = False, damp_percent: float = 0.01, static_groups: bool = False,
-                  blocksize: int = 128, min_zero: int = 0) -> GPTQResult:
+                  blocksize: int = 128, min_zero: int = 0, act_group_aware: bool = False) -> GPTQResult:
     """Run GPTQ on one layer.
 
     :param weight: float (out, in).
     :param H: float32 (in, in), the accumulated ``2/n X^T X`` of the layer inputs.
     :param group_size: columns per group (-1: one group for the whole row).
-    :param desc_act: quantize columns in order of decreasing ``diag(H)`` (act-order).
+    :param desc_act: quantize columns in order of decreasing ``diag(H)`` (act-order); groups follow that
+        order, so the saved ``g_idx`` maps columns to groups.
     :param static_groups: group parameters from the unmodified weight, before any update.
     :param min_zero: smallest zero point (1 when writing the v1 format, which stores zero-1).
+    :param act_group_aware: with ``desc_act=False``, quantize in the group-aware order
+        (:func:`group_aware_order`); the groups stay contiguous, ``g_idx`` stays ``column // group_size``.
     """
     W = weight.detach().clone().float()
     H = H.detach().clone().float()
@@ -67,14 +90,22 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    group_of_sorted = torch.arange(columns) // gs
     static = None
     if static_groups:
         static = [group_params(W[:, g:g + gs], bits, sym, min_zero) for g in range(0, columns, gs)]
     perm = torch.arange(columns)
     if desc_act:
         perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
+    elif act_group_aware and gs < columns:
+        perm = group_aware_order(torch.diag(H), gs)
+    # the group of each position in quantization order, and where each group's run of positions starts
+    if desc_act or not act_group_aware:
+        group_at = torch.arange(columns) // gs
+    else:
+        group_at = perm // gs
+    run_start = {int(p): int(group_at[p]) for p in range(columns) if p == 0 or group_at[p] != group_at[p - 1]}
+    run_length = torch.bincount(group_at).tolist()
+    W, H = W[:, perm], H[perm][:, perm]
     Hinv = inverse_hessian_cholesky(H, damp_percent)
 
     Q = torch.zeros_like(W, dtype=torch.int64)
@@ -91,12 +122,13 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
                 group = int(perm[col]) // gs
                 scale, zero = static[group]
                 scales[group], zeros[group] = scale, zero
-            elif col % gs == 0:
-                group = col // gs
+            elif col in run_start:
+                group = run_start[col]
+                length = run_length[group]
                 # parameters from the group's columns with every earlier column's error applied: the
                 # rest of this block (W1) plus, for a group running past the block, the pending updates
-                beyond = W[:, i2:i1 + i + gs] - Err1 @ Hinv[i1:i2, i2:i1 + i + gs]
-                scale, zero = group_params(torch.cat([W1[:, i:], beyond], dim=1)[:, :gs], bits, sym, min_zero)
+                beyond = W[:, i2:i1 + i + length] - Err1 @ Hinv[i1:i2, i2:i1 + i + length]
+                scale, zero = group_params(torch.cat([W1[:, i:], beyond], dim=1)[:, :length], bits, sym, min_zero)
                 scales[group], zeros[group] = scale, zero
             w, d = W1[:, i], Hinv1[i, i]
             q = quantize_columns(w, scale, zero, maxq)
@@ -110,7 +142,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
         g_idx = torch.arange(columns) // gs  # groups are fixed on the original columns
     else:
         g_idx = torch.empty(columns, dtype=torch.int64)
-        g_idx[perm] = group_of_sorted  # column perm[j] was quantized in group j // gs
+        g_idx[perm] = group_at  # column perm[j] was quantized in group group_at[j]
     inverse = torch.argsort(perm)
     n_groups = -(-columns // gs)
     return GPTQResult(

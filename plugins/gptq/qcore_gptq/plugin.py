@@ -117,7 +117,8 @@ def quantize_calibrated(module_name, module, state, config):
 
     _check_packable(module_name, module, config)
     result = gptq_quantize(module.weight, state["H"], config.bits, config.group_size, config.sym, config.desc_act,
-                           config.damp_percent, config.static_groups, min_zero=_min_zero(config))
+                           config.damp_percent, config.static_groups, min_zero=_min_zero(config),
+                           act_group_aware=config.act_group_aware)
     new = _new_module(module, config, device="cpu")
     _fill(new, result, config, None if module.bias is None else module.bias.detach().clone())
     new.prepare_fast_path()

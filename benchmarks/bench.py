@@ -382,7 +382,7 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("kernels"):
         lines += [f"## Kernels: one layer ({KERNEL_LAYER} of SmolLM2-135M, 576 × 1536)", "",
                   "Forward of one quantized layer at 1 row (decoding) and 64 rows (prefill), median of repeats, each path in "
-                  "its own process. *native*: qcore's C kernels (`qcore.lut4`, built for this CPU); *plain torch*: the "
+                  "its own process. *native*: the plugins' C kernels (built at install, SIMD variant chosen at run time); *plain torch*: the "
                   "same plugin with `QCORE_NATIVE=0` (what a machine without a C compiler runs). The Triton GPU kernels "
                   "are not measured here: no GPU on this machine.", "",
                   "| path | 1 row ms | × float32 | 64 rows ms | × float32 |", "|---|---|---|---|---|"]

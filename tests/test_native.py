@@ -1,75 +1,105 @@
-"""qcore.native: C kernels compiled once per machine, cached, loaded with ctypes; a clear fallback without a compiler."""
+"""qcore.native (loading plugins' prebuilt kernels, argument checks) and qcore.build (compiling them at install)."""
 
 import ctypes
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import pytest
+import torch
 
-from qcore import native
+from qcore import build, native
+from qcore.native import KernelArgumentError
 
-SOURCE = """
-#include <stdint.h>
-int64_t qc_test_sum(const int32_t *x, int64_t n) {
-    int64_t s = 0;
-#pragma omp parallel for reduction(+:s)
-    for (int64_t i = 0; i < n; i++) s += x[i];
-    return s;
-}
-"""
-SIG = {"qc_test_sum": (ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)}
+SOURCE = textwrap.dedent("""
+    #include <qcore/lut4.h>
+    QC_LUT4_EXPORTS(qctest)
+    QC_EXPORT int64_t qctest_sum(const int32_t *x, int64_t n) {
+        int64_t s = 0;
+    #pragma omp parallel for reduction(+:s)
+        for (int64_t i = 0; i < n; i++) s += x[i];
+        return s;
+    }
+""")
+
+
+@pytest.fixture(scope="module")
+def built_package(tmp_path_factory):
+    """A throwaway package whose setup.py builds its kernels with qcore.build, as a plugin's does."""
+    root = tmp_path_factory.mktemp("plugin")
+    (root / "qctestpkg").mkdir()
+    (root / "qctestpkg" / "__init__.py").write_text("")
+    (root / "k.c").write_text(SOURCE)
+    (root / "setup.py").write_text(textwrap.dedent(f"""
+        import importlib.util
+        from setuptools import setup
+        spec = importlib.util.spec_from_file_location("qcore_build", {build.__file__!r})
+        build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(build)
+        setup(name="qctestpkg", packages=["qctestpkg"], ext_modules=[build.extension("qctestpkg._kernels", ["k.c"])],
+              cmdclass={{"build_ext": build.BuildExt}})
+    """))
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
 
 
 @pytest.fixture
-def fresh(tmp_path, monkeypatch):
-    monkeypatch.setenv("QCORE_CACHE_DIR", str(tmp_path / "cache"))
+def fresh(built_package, monkeypatch):
+    monkeypatch.syspath_prepend(str(built_package))
     monkeypatch.setattr(native, "_loaded", {})
-    src = tmp_path / "k.c"
-    src.write_text(SOURCE)
-    return src
+    return built_package
 
 
-def test_compiles_once_and_reuses_the_cached_library(fresh, monkeypatch):
-    import torch
+SIG = {"qctest_sum": (ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64), "qctest_cpu_isa": (ctypes.c_int,)}
 
-    lib = native.load("test.sum", fresh, SIG)
+
+def test_the_build_helper_compiles_a_plain_c_library_that_loads_with_ctypes(fresh):
+    lib = native.load_library("qctestpkg", "_kernels", SIG)
     assert lib is not None
     x = torch.arange(1000, dtype=torch.int32)
-    assert lib.qc_test_sum(x.data_ptr(), x.numel()) == int(x.sum())
-    built = list(native.cache_dir().glob("test.sum-*.so"))
-    assert len(built) == 1
-    assert native.load("test.sum", fresh, SIG) is lib  # same process: no second build
-    stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(native, "_loaded", {})  # a new process: loads the cached file, compiles nothing
-    monkeypatch.setattr(native, "_compile", lambda *a: pytest.fail("recompiled a cached kernel"))
-    assert native.load("test.sum", fresh, SIG).qc_test_sum(x.data_ptr(), 10) == 45
-    assert built[0].stat().st_mtime_ns == stamp
+    assert lib.qctest_sum(x.data_ptr(), x.numel()) == int(x.sum())
+    assert native.load_library("qctestpkg", "_kernels", SIG) is lib  # once per process
+    assert native.library_path("qctestpkg", "_kernels").parent == fresh / "qctestpkg"
 
 
-def test_an_edited_source_is_rebuilt(fresh):
-    native.load("test.sum", fresh, SIG)
-    fresh.write_text(SOURCE.replace("s += x[i]", "s += 2 * x[i]"))
-    native._loaded.clear()
-    lib = native.load("test.sum", fresh, SIG)
-    one = (ctypes.c_int32 * 1)(21)
-    assert lib.qc_test_sum(ctypes.addressof(one), 1) == 42
-    assert len(list(native.cache_dir().glob("test.sum-*.so"))) == 2
+def test_the_binary_holds_every_simd_variant_and_picks_one_at_run_time(fresh):
+    symbols = subprocess.run(["nm", str(native.library_path("qctestpkg", "_kernels"))], capture_output=True, text=True).stdout
+    if symbols:  # binutils present
+        for variant in ("avx512", "avx2", "portable"):
+            assert f"qc_lut4_gemm_{variant}" in symbols
+    flags = open("/proc/cpuinfo").read()
+    expected = 2 if " avx512bw " in flags else 1 if (" avx2 " in flags and " fma " in flags) else 0
+    assert native.load_library("qctestpkg", "_kernels", SIG).qctest_cpu_isa() == expected
 
 
-def test_a_source_that_does_not_compile_warns_and_falls_back(fresh):
-    fresh.write_text("this is not C")
-    with pytest.warns(RuntimeWarning, match="could not build the native kernels test.bad; using the plain-torch.*unknown type name"):
-        assert native.load("test.bad", fresh, SIG) is None
-    assert not list(native.cache_dir().glob("*.so")) and not list(native.cache_dir().glob("*.tmp*"))
+def test_the_build_does_not_target_the_build_machine():
+    assert not any("march" in flag or "mtune" in flag for flag in build.compile_args())
+    assert "-fopenmp" in build.compile_args() and "-fopenmp" in build.link_args()
 
 
-def test_no_compiler_warns_and_falls_back(fresh, monkeypatch):
-    monkeypatch.setattr(native.shutil, "which", lambda name: None)
-    with pytest.warns(RuntimeWarning, match="no C compiler found"):
-        assert native.load("test.sum", fresh, SIG) is None
+def test_a_missing_binary_warns_once_and_returns_none(fresh, monkeypatch):
+    with pytest.warns(RuntimeWarning, match="qctestpkg has no compiled kernels .*_nothing_here.*torch kernels"):
+        assert native.load_library("qctestpkg", "_nothing_here", SIG) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load_library("qctestpkg", "_nothing_here", SIG) is None  # no second warning
 
 
 def test_can_be_switched_off(fresh, monkeypatch):
     monkeypatch.setenv("QCORE_NATIVE", "0")
-    assert native.load("test.sum", fresh, SIG) is None
+    assert native.load_library("qctestpkg", "_kernels", SIG) is None
+
+
+def test_check_tensor_accepts_exactly_the_declared_layout():
+    x = torch.zeros(4, 8)
+    assert native.check_tensor("op", "x", x, torch.float32, (4, 8)) is x
+    for bad, what in ((x.T, "shape"), (x[:, ::2], "shape"), (x.double(), "float64"), (x.view(2, 16), "shape"),
+                      (torch.zeros(8, 4).T, "contiguous"), (x.to("meta"), "meta"), ([1.0], "torch.Tensor")):
+        with pytest.raises(KernelArgumentError, match=what):
+            native.check_tensor("op", "x", bad, torch.float32, (4, 8))
 
 
 def test_optional_module_is_none_when_missing():
@@ -77,24 +107,33 @@ def test_optional_module_is_none_when_missing():
     assert native.optional_module("qcore_no_such_module_xyz") is None
 
 
-@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "native"])
-def test_int8_gemv_matches_float64_in_every_simd_variant(march):
-    import platform
+def test_the_headers_ship_with_qcore():
+    from pathlib import Path
 
-    import torch
+    for header in build.HEADERS:
+        assert (Path(build.include_dir()) / "qcore" / header).is_file()
 
-    from qcore import lut4
 
-    if march != "native" and platform.machine() not in ("x86_64", "AMD64"):
-        march = "native"
-    library = lut4.lib(march)
-    assert library is not None, "qcore/lut4.c did not build: is a C compiler installed?"
-    torch.manual_seed(0)
-    for n, k in ((40, 100), (7, 576), (3, 33)):  # K not a multiple of the SIMD width: the scalar tail
-        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-        scales = torch.rand(n) + 0.01
-        for rows in (1, 3):
-            x = torch.randn(rows, k)
-            y = lut4.int8_matmul(x, w, scales, library=library)
-            exact = x.double() @ (w.double() * scales.double()[:, None]).T
-            torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max().item())
+def test_a_compiler_without_openmp_gets_a_single_threaded_build_and_says_so(built_package, tmp_path):
+    """As Apple's clang: -fopenmp is refused; the build retries without it, and the log says so."""
+    import os
+    import shutil
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    wrapper = tmp_path / "cc-no-openmp"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && {{ echo "unsupported option -fopenmp" >&2; exit 1; }}; done\n'
+                       f'exec {gcc} "$@"\n')
+    wrapper.chmod(0o755)
+    work = tmp_path / "pkg"
+    shutil.copytree(built_package, work, ignore=shutil.ignore_patterns("*.so", "build"))
+    env = {**os.environ, "CC": str(wrapper), "LDSHARED": f"{wrapper} -shared"}
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building it single-threaded" in proc.stderr
+    built = list((work / "qctestpkg").glob("_kernels*.so"))
+    assert len(built) == 1
+    lib = ctypes.CDLL(str(built[0]))
+    lib.qctest_sum.restype = ctypes.c_int64
+    x = torch.arange(100, dtype=torch.int32)
+    assert lib.qctest_sum(ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(100)) == 4950

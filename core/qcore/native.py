@@ -1,135 +1,122 @@
-"""Native CPU kernels for plugins: C source compiled on first use, cached, loaded with ctypes.
+"""Loading plugins' prebuilt C kernel libraries, and the argument checks every native entry point runs.
 
-A plugin ships a plain C file (no Python or torch headers) and calls::
+Plugins compile their kernels when their wheel is built (:mod:`qcore.build`), into a plain C shared
+library inside the package; nothing is compiled at run time. A plugin finds and opens it with::
 
-    lib = qcore.native.load("qcore_bnb.lut4", source_path, {"qc_lut4_gemm": (ctypes.c_void_p, ...)})
+    lib = native.load_library("qcore_bnb", "_kernels", {"qcbnb_lut4_gemm": (None, ctypes.c_void_p, ...)})
 
-The first call compiles it for this CPU (``-O3 -march=native``, OpenMP when the compiler
-has it) into ``$QCORE_CACHE_DIR/kernels/`` (default ``~/.cache/qcore/kernels``), keyed by
-the source, the flags and the machine, so later processes load it in milliseconds. It
-returns ``None`` (and warns once, saying why) when no C compiler works; plugins then use
-their plain-torch path. ``QCORE_NATIVE=0`` turns native kernels off.
+which returns ``None`` (and warns once, saying why and what runs instead) when the binary is missing
+or ``QCORE_NATIVE=0``. Before a pointer reaches C, the caller checks every tensor with
+:func:`check_tensor`: device, dtype, contiguity and exact shape, so the byte size the C code reads
+is the byte size the tensor owns. A violation raises :class:`KernelArgumentError`, never a crash.
 
-Threads: OpenMP regions share the ``libgomp`` that torch has already loaded, and the
-kernels take their thread count from ``torch.get_num_threads()``.
+Threads: the kernels' OpenMP regions share the ``libgomp`` torch has loaded and take their thread
+count from ``torch.get_num_threads()`` (:func:`num_threads`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import importlib
-import logging
+import importlib.util
 import os
-import platform
-import shutil
-import subprocess
-import sysconfig
-import tempfile
 import threading
 import types
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+import torch
+
+from qcore.errors import QcoreError
 
 _lock = threading.Lock()
-_loaded: dict[str, ctypes.CDLL | None] = {}
+_loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
+SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
 
-BASE_FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11", "-fno-math-errno")
+
+class KernelArgumentError(QcoreError, ValueError):
+    """A tensor handed to a native kernel has the wrong device, dtype, layout or size."""
 
 
 def enabled() -> bool:
+    """False when ``QCORE_NATIVE`` is 0/false/no/off: every plugin then runs its torch path."""
     return os.environ.get("QCORE_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("QCORE_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "qcore"
-    return base / "kernels"
-
-
-def compiler() -> str | None:
-    """The C compiler: ``$CC``, then the one Python was built with, then cc/gcc/clang on PATH."""
-    candidates = [os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split(" ")[0], "cc", "gcc", "clang"]
-    for cand in candidates:
-        if cand and shutil.which(cand):
-            return cand
+def library_path(package: str, stem: str) -> Path | None:
+    """The built library ``<package>/<stem>*.so`` (any platform suffix), or None when the package has none."""
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(folder).glob(f"{stem}*")):
+            if path.suffix in SUFFIXES and path.is_file():
+                return path
     return None
 
 
-def _compile(cc: str, source: Path, out: Path, flags: list[str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip()[-2000:] or f"{cc} exited with {proc.returncode}")
-        os.replace(tmp, out)  # atomic: a concurrent process sees the whole library or none
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def load_library(package: str, stem: str, signatures: dict[str, tuple], what_instead: str = "torch kernels") -> ctypes.CDLL | None:
+    """Open a plugin's prebuilt kernel library once per process.
 
-
-@functools.cache
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU model and its feature flags (a cache shared
-    between machines never hands one CPU a library built for another)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return platform.machine() + "|".join(dict.fromkeys(lines))
-    except OSError:
-        return platform.machine() + platform.processor()
-
-
-def load(name: str, source: str | os.PathLike, signatures: dict[str, tuple], march: str = "native") -> ctypes.CDLL | None:
-    """Compile (once per machine) and load a C kernel library.
-
-    :param name: a unique dotted name, e.g. ``"qcore_bnb.lut4"`` (part of the cache file name).
-    :param source: path of the ``.c`` file.
+    :param package: the plugin package that holds the binary, e.g. ``"qcore_bnb"``.
+    :param stem: the file name before the platform suffix, e.g. ``"_kernels"``.
     :param signatures: ``{function: (restype, *argtypes)}`` set on the loaded library.
-    :param march: the ``-march`` target; ``"native"`` (this CPU) unless a test builds the
-        other SIMD variants (e.g. ``"x86-64-v3"`` for AVX2, ``"x86-64"`` for the portable code).
-    :returns: the library, or ``None`` when native kernels are off or cannot be built here.
+    :param what_instead: named in the warning when there is no binary.
+    :returns: the library, or ``None`` (one warning per process) when missing, unloadable or switched off.
     """
+    key = (package, stem)
     with _lock:
-        if name in _loaded:
-            return _loaded[name]
-        _loaded[name] = lib = _build_and_load(name, Path(source), signatures, march) if enabled() else None
+        if key in _loaded:
+            return _loaded[key]
+        lib = None
+        if enabled():
+            path = library_path(package, stem)
+            if path is None:
+                warnings.warn(f"qcore: {package} has no compiled kernels ({stem}*.so is missing: the package was "
+                              f"installed without a C compiler); using its {what_instead}, which are slower. "
+                              f"Reinstall it with a C compiler present (gcc/clang) to build them.",
+                              RuntimeWarning, stacklevel=3)
+            else:
+                try:
+                    lib = ctypes.CDLL(str(path))
+                    for fn, (restype, *argtypes) in signatures.items():
+                        func = getattr(lib, fn)
+                        func.restype, func.argtypes = restype, argtypes
+                except (OSError, AttributeError) as exc:
+                    lib = None
+                    warnings.warn(f"qcore: could not load {path} ({exc}); using {package}'s {what_instead}, which "
+                                  "are slower. Reinstall the package to rebuild it.", RuntimeWarning, stacklevel=3)
+        _loaded[key] = lib
         return lib
 
 
-def _build_and_load(name: str, source: Path, signatures: dict[str, tuple], march: str) -> ctypes.CDLL | None:
-    cc = compiler()
-    if cc is None:
-        warnings.warn(f"qcore: no C compiler found (set CC or install gcc); {name} uses its plain-torch kernels, "
-                      "which are slower", RuntimeWarning, stacklevel=3)
-        return None
-    text = source.read_bytes()
-    attempts = [[*BASE_FLAGS, f"-march={march}", "-fopenmp"], [*BASE_FLAGS, f"-march={march}"]]
-    errors = []
-    for flags in attempts:
-        key = hashlib.sha256(text + " ".join([cc, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
-        out = cache_dir() / f"{name}-{key}.so"
-        try:
-            if not out.exists():
-                logger.info("compiling %s with %s", name, cc)
-                _compile(cc, source, out, flags)
-            lib = ctypes.CDLL(str(out))
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            first = next((ln for ln in str(exc).splitlines() if "error" in ln), str(exc).splitlines()[0] if str(exc) else "")
-            errors.append(f"[{' '.join(flags)}] {first.strip()}")
-            continue
-        for fn, (restype, *argtypes) in signatures.items():
-            func = getattr(lib, fn)
-            func.restype, func.argtypes = restype, argtypes
-        return lib
-    warnings.warn(f"qcore: could not build the native kernels {name}; using the plain-torch kernels, which are "
-                  f"slower. {cc} said: {' / '.join(dict.fromkeys(errors))}", RuntimeWarning, stacklevel=3)
-    return None
+def check_tensor(op: str, name: str, t: object, dtype: torch.dtype | Sequence[torch.dtype],
+                 shape: Sequence[int]) -> torch.Tensor:
+    """Raise :class:`KernelArgumentError` unless ``t`` is a contiguous CPU tensor of ``dtype`` and exactly ``shape``.
+
+    This is what makes a pointer safe to hand to C: a contiguous tensor of this shape and dtype owns
+    ``prod(shape) * itemsize`` bytes from ``data_ptr()``. The caller keeps ``t`` alive across the call.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise KernelArgumentError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+    if t.device.type != "cpu":
+        raise KernelArgumentError(f"{op}: {name} is on {t.device}; this kernel runs on CPU tensors only")
+    if t.dtype not in dtypes:
+        raise KernelArgumentError(f"{op}: {name} is {t.dtype}, expected {' or '.join(map(str, dtypes))}")
+    if tuple(t.shape) != tuple(int(s) for s in shape):
+        raise KernelArgumentError(f"{op}: {name} has shape {list(t.shape)}, expected {list(shape)}")
+    if not t.is_contiguous():
+        raise KernelArgumentError(f"{op}: {name} is not contiguous (strides {t.stride()}); pass .contiguous()")
+    if t.numel() and t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+        raise KernelArgumentError(f"{op}: {name}'s storage is smaller than its shape says")
+    return t
+
+
+def check(op: str, condition: bool, message: str) -> None:
+    """Raise :class:`KernelArgumentError` with ``op: message`` unless ``condition``."""
+    if not condition:
+        raise KernelArgumentError(f"{op}: {message}")
 
 
 @functools.cache
@@ -145,6 +132,4 @@ def optional_module(name: str) -> types.ModuleType | None:
 
 
 def num_threads() -> int:
-    import torch
-
     return max(1, torch.get_num_threads())

@@ -103,53 +103,64 @@ def test_int8_matmul_is_exact_for_wide_layers():
     assert torch.equal(kernels.int8_matmul_exact(a, b), torch.full((2, 3), -127.0 * 127 * 4096))
 
 
-# ---- qcore's native 4-bit lookup kernels (qcore/lut4.c) on bitsandbytes' format, in each SIMD variant this CPU can run ----
+# ---- the compiled lookup kernels (torch.ops.qcore_bnb, qcore/lut4.h built into qcore_bnb/_kernels) on bitsandbytes'
+# format, in every SIMD variant this CPU runs (the binary's ISA cap lowered), and their torch fallback ----
 
 def _variants():
-    import platform
+    from qcore_bnb import ops
 
-    from qcore import native
-
-    if not native.enabled():
-        return ["native"]
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags = open("/proc/cpuinfo").read()
-        # x86-64: the portable C loop; x86-64-v3: AVX2+FMA; native: AVX-512 where the CPU has it
-        return ["x86-64", *(["x86-64-v3"] if " avx2 " in flags and " fma " in flags else []), "native"]
-    return ["native"]
+    lib = ops.library()
+    assert lib is not None, "qcore_bnb/_kernels*.so is missing: reinstall the plugin with a C compiler (pip install -e plugins/bnb)"
+    return [*lut4.ISA_NAMES[: lib.qcbnb_cpu_isa() + 1], "torch"]
 
 
 @pytest.fixture(params=_variants())
-def lib(request):
-    lib = lut4.lib(request.param)
-    assert lib is not None, "lut4.c did not build: is a C compiler installed (gcc/cc, or CC=...)?"
-    return lib
+def variant(request, monkeypatch):
+    """Runs the test with the binary capped at one ISA ("portable", "avx2", "avx512"), or without it ("torch")."""
+    from qcore import native
+    from qcore_bnb import ops
+
+    lib = ops.library()
+    if request.param == "torch":
+        monkeypatch.setenv("QCORE_NATIVE", "0")
+        monkeypatch.setattr(native, "_loaded", {})
+        assert ops.library() is None and ops.isa() == "torch"
+    else:
+        lib.qcbnb_set_isa_cap(lut4.ISA_NAMES.index(request.param))
+        assert ops.isa() == request.param
+    yield request.param
+    lib.qcbnb_set_isa_cap(3)
+
+
+def _dequantize(packed, absmax, blocksize, shape, code, dtype=torch.float32):
+    out = torch.empty(shape, dtype=dtype)
+    torch.ops.qcore_bnb.lut4_dequantize(packed.view(-1), absmax, code, *shape, blocksize, out)
+    return out
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_native_dequantize_is_bit_identical_to_bitsandbytes(lib, real_weight, quant_type):
+def test_native_dequantize_is_bit_identical_to_bitsandbytes(variant, real_weight, quant_type):
     torch.manual_seed(3)
     for w, blocksize in ((real_weight.float(), 64), (torch.randn(48, 256), 128), (torch.randn(4, 4096), 4096),
                          (torch.randn(3, 64) * 1e-3, 32)):
         ref_packed, ref_state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
         expected = bnbF.dequantize_4bit(ref_packed, ref_state)
         shape = tuple(w.shape)
-        assert lut4.supported(ref_packed, blocksize, shape)
-        got = lut4.dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code, library=lib)
-        assert torch.equal(got, expected)
-        bf16 = lut4.dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code, torch.bfloat16, library=lib)
+        assert lut4.supported(blocksize, *shape)
+        assert torch.equal(_dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code), expected)
+        bf16 = _dequantize(ref_packed, ref_state.absmax, blocksize, shape, ref_state.code, torch.bfloat16)
         assert torch.equal(bf16, expected.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 64])
-def test_native_matmul_matches_float64_and_bitsandbytes(lib, real_weight, quant_type, rows):
+def test_native_matmul_matches_float64_and_bitsandbytes(variant, real_weight, quant_type, rows):
     torch.manual_seed(4)
     w = real_weight.float()
     packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type=quant_type)
     x = torch.randn(rows, w.shape[1])
     x[:, 5] = 40.0  # a large activation column must not hurt the float32 accumulation
-    got = lut4.matmul(x, packed, state.absmax, 64, tuple(w.shape), state.code, library=lib)
+    got = torch.ops.qcore_bnb.lut4_gemm(x, packed.view(-1), state.absmax, state.code, *w.shape, 64)
     exact = x.double() @ bnbF.dequantize_4bit(packed, state).double().T
     assert got.dtype == torch.float32 and got.shape == (rows, w.shape[0])
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max().item())
@@ -160,10 +171,26 @@ def test_native_matmul_matches_float64_and_bitsandbytes(lib, real_weight, quant_
         torch.testing.assert_close(got, ref.reshape(got.shape), rtol=1e-4, atol=1e-4 * exact.abs().max().item())
 
 
-def test_native_kernels_are_used_and_agree_with_the_torch_path(monkeypatch):
+def test_the_binary_was_built_at_install_and_dispatches_at_run_time():
+    from qcore_bnb import ops
+
+    path = ops.native.library_path("qcore_bnb", "_kernels")
+    assert path is not None and path.parent.name == "qcore_bnb"
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    expected = 2 if (" avx512f " in flags and " avx512bw " in flags) else 1 if (" avx2 " in flags and " fma " in flags) else 0
+    assert ops.library().qcbnb_cpu_isa() == expected
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["native", "torch"])
+def test_linear_uses_the_kernels_and_agrees_with_the_reference(monkeypatch, fallback):
+    from qcore import native
+    from qcore_bnb import ops
     from qcore_bnb.format import QuantState4bit
     from qcore_bnb.linear import Linear4bit
 
+    if fallback:
+        monkeypatch.setenv("QCORE_NATIVE", "0")
+        monkeypatch.setattr(native, "_loaded", {})
     torch.manual_seed(5)
     w, b = torch.randn(96, 128), torch.randn(96)
     packed, absmax = kernels.quantize_4bit(w, 64, "nf4")
@@ -171,10 +198,10 @@ def test_native_kernels_are_used_and_agree_with_the_torch_path(monkeypatch):
     layer.bias.data = b
     layer.set_state(packed, QuantState4bit(absmax=absmax, shape=(96, 128), blocksize=64, quant_type="nf4",
                                            quant_map=kernels.code_4bit("nf4"), dtype="float32"))
-    assert layer.native
+    assert layer.native is not fallback
     calls = []
-    real = lut4.matmul
-    monkeypatch.setattr(lut4, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ops.lut4_gemm
+    monkeypatch.setattr(ops, "lut4_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
     for shape in ((1, 128), (2, 1, 128), (3, 40, 128)):
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -185,14 +212,21 @@ def test_native_kernels_are_used_and_agree_with_the_torch_path(monkeypatch):
 
 
 def test_prefill_reuses_one_buffer_and_stays_correct_across_layers():
+    from qcore_bnb.format import QuantState4bit
+    from qcore_bnb.linear import Linear4bit
+
     torch.manual_seed(6)
     code = kernels.code_4bit("nf4")
-    layers = [(torch.randn(n, k), (n, k)) for n, k in ((64, 256), (128, 64), (64, 256))]
-    quantized = [(*kernels.quantize_4bit(w, 64, "nf4"), shape) for w, shape in layers]
-    first = lut4.dequantize(*quantized[0][:2], 64, quantized[0][2], code, reuse=True)
-    ptr = first.data_ptr()
-    for packed, absmax, shape in quantized[1:] + quantized[:1]:
-        w = lut4.dequantize(packed, absmax, 64, shape, code, reuse=True)
+    layers = []
+    for n, k in ((64, 256), (128, 64), (64, 256)):
+        packed, absmax = kernels.quantize_4bit(torch.randn(n, k), 64, "nf4")
+        layer = Linear4bit(k, n, False, torch.float32, device="cpu")
+        layer.set_state(packed, QuantState4bit(absmax=absmax, shape=(n, k), blocksize=64, quant_type="nf4",
+                                               quant_map=code, dtype="float32"))
+        layers.append((layer, packed, absmax, (n, k)))
+    ptr = layers[0][0]._lut4_dequantize(torch.float32, reuse=True).data_ptr()
+    for layer, packed, absmax, shape in layers[1:] + layers[:1]:
+        w = layer._lut4_dequantize(torch.float32, reuse=True)
         assert w.data_ptr() == ptr  # the same memory every time: no fresh pages per layer
         assert torch.equal(w, kernels.dequantize_4bit_reference(packed, absmax, 64, shape, code))
-    assert lut4.dequantize(*quantized[0][:2], 64, quantized[0][2], code).data_ptr() != ptr  # default: a new tensor
+    assert layers[0][0].dequantized_weight().data_ptr() != ptr  # what callers keep: a new tensor

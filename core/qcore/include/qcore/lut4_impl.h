@@ -1,28 +1,35 @@
-/* qcore 4-bit lookup kernels (see lut4.py), built by qcore.native. bitsandbytes NF4/FP4 is this layout.
- *
- * Layout (bitsandbytes): the row-major weight (N, K) is flattened; element i is nibble i of
- * `packed` (byte i/2, high nibble first) and belongs to block i / blocksize with scale absmax[block].
- * value = code[nibble] * absmax[block], computed in float32.
- *
- * The 16 code values sit in one AVX-512 register (two AVX2 registers) and a nibble is decoded
- * with a register permute instead of a memory lookup. Requirements checked by the caller:
- * blocksize % 16 == 0, and for the GEMM K % blocksize == 0 and M <= QC_MAX_ROWS.
- */
-#include <stdint.h>
-#include <string.h>
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
+/* One SIMD variant of the lookup kernels; included by lut4.h once per ISA with QC_VARIANT set
+ * (QC_ISA_AVX512, QC_ISA_AVX2 or QC_ISA_PORTABLE) inside a matching target pragma. Every name
+ * defined here gets the variant's suffix (QC_V(name)). Do not include it directly. */
+#if QC_VARIANT == QC_ISA_AVX512
+#define QC_SFX avx512
+#elif QC_VARIANT == QC_ISA_AVX2
+#define QC_SFX avx2
+#else
+#define QC_SFX portable
 #endif
+#define QC_V(name) QC_CAT(name, QC_SFX)
+#define vec QC_V(vec)
+#define codes_t QC_V(codes_t)
+#define v_codes QC_V(v_codes)
+#define v_decode QC_V(v_decode)
+#define v_zero QC_V(v_zero)
+#define v_load QC_V(v_load)
+#define v_store QC_V(v_store)
+#define v_fma QC_V(v_fma)
+#define v_mul QC_V(v_mul)
+#define v_add QC_V(v_add)
+#define v_set1 QC_V(v_set1)
+#define v_sum QC_V(v_sum)
+#define v_load_i8 QC_V(v_load_i8)
 
-#define QC_MAX_ROWS 64
-#define QC_MAX_BLOCK 4096
-
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if QC_VARIANT == QC_ISA_AVX512
 #define QC_SIMD 16
 typedef __m512 vec;
-static inline vec v_codes(const float *code) { return _mm512_loadu_ps(code); }
-/* 16 values from 8 bytes */
-static inline vec v_decode(const uint8_t *p, vec codes) {
+typedef __m512 codes_t;
+static inline codes_t v_codes(const float *code) { return _mm512_loadu_ps(code); }
+/* 16 values from 8 bytes: the code sits in one register, a nibble picks a lane */
+static inline vec v_decode(const uint8_t *p, codes_t codes) {
     __m128i b = _mm_loadl_epi64((const __m128i *)p);
     __m128i m = _mm_set1_epi8(0x0F);
     __m128i pairs = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
@@ -36,15 +43,14 @@ static inline vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 static inline vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm512_set1_ps(f); }
 static inline float v_sum(vec v) { return _mm512_reduce_add_ps(v); }
-/* 16 int8 -> float */
 static inline vec v_load_i8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif QC_VARIANT == QC_ISA_AVX2
 #define QC_SIMD 8
-typedef struct { __m256 lo, hi; } codes2;
 typedef __m256 vec;
-#define v_codes(code) ((codes2){_mm256_loadu_ps(code), _mm256_loadu_ps((code) + 8)})
+typedef struct { __m256 lo, hi; } codes_t;
+static inline codes_t v_codes(const float *code) { codes_t c = {_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; return c; }
 /* 8 values from 4 bytes */
-static inline vec v_decode(const uint8_t *p, codes2 codes) {
+static inline vec v_decode(const uint8_t *p, codes_t codes) {
     uint32_t w;
     memcpy(&w, p, 4);
     __m128i b = _mm_cvtsi32_si128((int)w);
@@ -61,7 +67,6 @@ static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); 
 static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm256_set1_ps(f); }
-/* 8 int8 -> float */
 static inline vec v_load_i8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
 static inline float v_sum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -70,11 +75,11 @@ static inline float v_sum(vec v) {
     return _mm_cvtss_f32(s);
 }
 #else
-/* portable fallback: one "vector" is one float; the compiler vectorizes what it can */
+/* portable: one "vector" is two floats; the compiler vectorizes what it can */
 #define QC_SIMD 2
 typedef struct { float v[2]; } vec;
 typedef const float *codes_t;
-#define v_codes(code) (code)
+static inline codes_t v_codes(const float *code) { return code; }
 static inline vec v_decode(const uint8_t *p, codes_t code) { vec r = {{code[*p >> 4], code[*p & 15]}}; return r; }
 static inline vec v_zero(void) { vec r = {{0, 0}}; return r; }
 static inline vec v_load(const float *p) { vec r = {{p[0], p[1]}}; return r; }
@@ -87,18 +92,8 @@ static inline float v_sum(vec v) { return v.v[0] + v.v[1]; }
 static inline vec v_load_i8(const int8_t *p) { vec r = {{(float)p[0], (float)p[1]}}; return r; }
 #endif
 
-/* float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16)) */
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-/* out[i] = code[nibble i] * absmax[i / blocksize] for n values (n % blocksize == 0).
- * out_bf16: 0 writes float32, 1 writes bfloat16 bits. */
-void qc_lut4_dequant(const uint8_t *packed, const float *absmax, const float *code, int64_t n, int64_t blocksize,
-                     void *out, int out_bf16, int threads) {
+static void QC_V(qc_lut4_dequant)(const uint8_t *packed, const float *absmax, const float *code, int64_t n,
+                                  int64_t blocksize, void *out, int out_bf16, int threads) {
     const int64_t blocks = n / blocksize;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -107,19 +102,16 @@ void qc_lut4_dequant(const uint8_t *packed, const float *absmax, const float *co
         vec scale = v_set1(absmax[b]);
         float buf[QC_MAX_BLOCK];
         float *dst = out_bf16 ? buf : (float *)out + b * blocksize;
-        for (int64_t j = 0; j < blocksize; j += QC_SIMD)
-            v_store(dst + j, v_mul(v_decode(p + j / 2, v_codes(code)), scale));
+        for (int64_t j = 0; j < blocksize; j += QC_SIMD) v_store(dst + j, v_mul(v_decode(p + j / 2, v_codes(code)), scale));
         if (out_bf16) {
             uint16_t *o = (uint16_t *)out + b * blocksize;
-            for (int64_t j = 0; j < blocksize; j++) o[j] = to_bf16(buf[j]);
+            for (int64_t j = 0; j < blocksize; j++) o[j] = qc_to_bf16(buf[j]);
         }
     }
 }
 
-/* y (M, N) = x (M, K) @ W.T with W (N, K) in 4-bit blocks; float32 throughout.
- * Each block's dot products are summed unscaled and multiplied by its absmax once. */
-void qc_lut4_gemm(const float *x, int64_t M, int64_t K, const uint8_t *packed, const float *absmax, const float *code,
-                  int64_t N, int64_t blocksize, float *y, int threads) {
+static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8_t *packed, const float *absmax,
+                               const float *code, int64_t N, int64_t blocksize, float *y, int threads) {
     const int64_t kb = K / blocksize;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -161,10 +153,8 @@ void qc_lut4_gemm(const float *x, int64_t M, int64_t K, const uint8_t *packed, c
     }
 }
 
-/* y (M, N) = x (M, K) @ (W * scale).T with W int8 (N, K) row-major and one float32 scale per row:
- * the 8-bit weight-only GEMV (decoding), float32 accumulation. K % QC_SIMD == 0 is not required. */
-void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales, int64_t N, float *y,
-                  int threads) {
+static void QC_V(qc_int8_gemm)(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales, int64_t N,
+                               float *y, int threads) {
     const int64_t kv = K - K % QC_SIMD;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -185,3 +175,20 @@ void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const f
         }
     }
 }
+
+#undef QC_SIMD
+#undef vec
+#undef codes_t
+#undef v_codes
+#undef v_decode
+#undef v_zero
+#undef v_load
+#undef v_store
+#undef v_fma
+#undef v_mul
+#undef v_add
+#undef v_set1
+#undef v_sum
+#undef v_load_i8
+#undef QC_V
+#undef QC_SFX

@@ -1,0 +1,1 @@
+"""Fine-grained FP8 (e4m3 weights, block scales) for qcore."""

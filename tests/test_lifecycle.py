@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import qcore
+from qcore.checkpoint import Checkpoint
 from qcore.config import QuantizationConfig
 from qcore.errors import CalibrationError, ConfigError
 from qcore.modules import linear_from_weight, replace_module
@@ -53,8 +54,9 @@ class Recorder:
         self.calls.append("validate_environment")
 
     @qcore.hookimpl
-    def process_before_weight_loading(self, model, modules):
+    def process_before_weight_loading(self, model, modules, metadata):
         self.calls.append("process_before_weight_loading")
+        self.metadata = metadata
         for name in modules:
             linear = model.get_submodule(name)
             replace_module(model, name, RecordLinear(linear.out_features, linear.in_features))
@@ -97,6 +99,11 @@ class Recorder:
         return None
 
     @qcore.hookimpl
+    def checkpoint_metadata(self, tensors):
+        self.calls.append("checkpoint_metadata")
+        return {"record": str(len(tensors))}
+
+    @qcore.hookimpl
     def dequantize(self, module):
         self.calls.append("dequantize")
         return linear_from_weight(module.qweight.float() * module.scale)
@@ -128,9 +135,11 @@ def test_load_quantizing_on_the_fly_then_save_then_load_prequantized(recorder, f
     assert recorder.calls.count("create_quantized_param(pre_quantized=False)") == len(model.qcore_modules)
     recorder.calls.clear()
     qcore.save_quantized(model, tmp_path / "q")
-    assert collapse(recorder.calls) == ["module_state_dict"]
+    assert collapse(recorder.calls) == ["module_state_dict", "checkpoint_metadata"]
     recorder.calls.clear()
     qcore.load_quantized(tmp_path / "q", progress=False)
+    written = len(Checkpoint(tmp_path / "q").tensors)
+    assert recorder.metadata == {"format": "pt", "record": str(written)}  # the plugin's metadata comes back
     assert collapse(recorder.calls) == [
         "validate_environment", "process_before_weight_loading", "create_quantized_param(pre_quantized=True)",
         "process_after_weight_loading",

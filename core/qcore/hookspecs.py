@@ -89,6 +89,7 @@ def process_before_weight_loading(
     config: QuantizationConfig,
     modules: dict[str, QuantizationConfig],
     pre_quantized: bool,
+    metadata: dict[str, str],
 ) -> None:
     """Swap the targeted modules for the method's modules (built on the ``meta`` device).
 
@@ -104,6 +105,8 @@ def process_before_weight_loading(
         overrides applied), for every module that must be converted.
     :param pre_quantized: True when the checkpoint already holds quantized tensors,
         False when float weights will be quantized on the fly.
+    :param metadata: the checkpoint's safetensors ``__metadata__`` (string -> string, all
+        shards merged; what checkpoint_metadata wrote), ``{}`` when quantizing in memory.
     :returns: nothing.
     """
 
@@ -228,6 +231,22 @@ def module_state_dict(module_name: str, module: nn.Module, config: QuantizationC
     :param module: the quantized module.
     :param config: that module's effective config.
     :returns: name -> tensor, or None.
+    """
+
+
+@hookspec(firstresult=True)
+def checkpoint_metadata(model: nn.Module, config: QuantizationConfig, tensors: dict[str, torch.Tensor]) -> dict[str, str] | None:
+    """Return extra safetensors ``__metadata__`` for the checkpoint being saved.
+
+    Called once by save_quantized, after every module_state_dict, with the whole state
+    that will be written; the result is written into every shard's header (as transformers
+    does), next to ``{"format": "pt"}``, and handed back to process_before_weight_loading
+    when the checkpoint is loaded. Stops at first non-None result; None adds nothing.
+
+    :param model: the model being saved.
+    :param config: the model's quantization config.
+    :param tensors: every tensor of the checkpoint, name -> tensor, as it will be written.
+    :returns: string -> string entries, or None.
     """
 
 

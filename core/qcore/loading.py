@@ -193,7 +193,8 @@ def load_quantized(
     if config is not None:
         hooks = registry().hook(config)
         hooks.validate_environment(config=config, device_map=device_map, model=skeleton, modules=modules)
-        hooks.process_before_weight_loading(model=skeleton, config=config, modules=modules, pre_quantized=pre_quantized)
+        hooks.process_before_weight_loading(model=skeleton, config=config, modules=modules, pre_quantized=pre_quantized,
+                                            metadata=dict(ckpt.metadata))
     placement = _Placement(skeleton, device_map, max_memory, torch_dtype or torch.float32)
     loader = _WeightLoader(skeleton, ckpt, config, modules, pre_quantized, torch_dtype, placement, tied_sources, dtypes)
     loader.run(progress)

@@ -110,7 +110,7 @@ def quantize_weights(model: nn.Module, config: QuantizationConfig, device: torch
         check_finite(name, tensors)
     dtypes = compute_dtypes(model, modules)
     tied = _tied_targets(model, modules)
-    hooks.process_before_weight_loading(model=model, config=config, modules=modules, pre_quantized=False)
+    hooks.process_before_weight_loading(model=model, config=config, modules=modules, pre_quantized=False, metadata={})
     for name, module_config in modules.items():
         tensors = float_tensors.pop(name)
         target = torch.device(device) if device is not None else tensors["weight"].device

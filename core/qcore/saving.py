@@ -130,6 +130,7 @@ def save_quantized(
     _check_target(model, target, overwrite)
     qconfig = getattr(model, "qcore_config", None)
     state = quantized_state_dict(model)
+    file_metadata = _file_metadata(model, qconfig, state)
     shards = _shards(state, max_bytes)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
@@ -141,7 +142,7 @@ def save_quantized(
             for i, shard in enumerate(shards, start=1):
                 file_name = SINGLE_NAME if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 tensors = {k: v.detach().to("cpu").contiguous() for k, v in shard.items()}
-                save_file(tensors, str(tmp / file_name), metadata={"format": "pt"})
+                save_file(tensors, str(tmp / file_name), metadata=file_metadata)
                 weight_map.update(dict.fromkeys(shard, file_name))
                 _step("shard-written")
             if len(shards) > 1:
@@ -166,6 +167,15 @@ def save_quantized(
             os.kill(os.getpid(), signal.SIGTERM)  # the default handler is back: end as SIGTERM asks
         raise
     return target
+
+
+def _file_metadata(model: nn.Module, qconfig: Any, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{"format": "pt"}`` plus what the method's plugin adds (checkpoint_metadata), checked to be strings."""
+    extra = registry().hook(qconfig).checkpoint_metadata(model=model, config=qconfig, tensors=state) if qconfig else None
+    extra = extra or {}
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise QcoreError(f"the {qconfig.quant_method!r} plugin's checkpoint_metadata must return str -> str, got {extra!r}")
+    return {"format": "pt", **extra}
 
 
 def _step(name: str) -> None:

@@ -166,7 +166,8 @@ class PluginConformance:
         with init_empty_weights():
             skeleton = type(float_model[0])(float_model[0].config)
         modules = select_modules(skeleton, config)
-        registry().hook(config).process_before_weight_loading(model=skeleton, config=config, modules=modules, pre_quantized=True)
+        registry().hook(config).process_before_weight_loading(model=skeleton, config=config, modules=modules,
+                                                              pre_quantized=True, metadata={})
         for name in modules:
             for tname, t in list(get_module(skeleton, name).named_parameters()) + list(get_module(skeleton, name).named_buffers()):
                 assert t.device.type == "meta", f"{name}.{tname} was allocated on {t.device} before loading"

@@ -1,0 +1,1 @@
+"""qcore-plugin-torchao: torchao configs, checkpoints and CPU kernels through qcore."""

@@ -1,0 +1,53 @@
+"""The module that replaces nn.Linear: an nn.Linear whose weight is a torchao tensor subclass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import kernels
+
+
+class TorchAoLinear(nn.Linear):
+    """nn.Linear holding a torchao weight (``Int8Tensor``, ``Float8Tensor``, ``IntxUnpackedToInt8Tensor``...).
+
+    It is what ``quantize_`` makes of an nn.Linear (the weight parameter becomes the tensor
+    subclass, torchao dispatches ``F.linear``), plus a CPU decode path: for at most
+    ``kernel.max_rows`` rows of input on the CPU, the weights torchao stores are multiplied with
+    torch's packed CPU kernels (:mod:`qcore_torchao.kernels`) where those are faster.
+    Set ``fast_cpu = False`` on a module (or the class) to always run torchao's path.
+    """
+
+    fast_cpu = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.weight.requires_grad_(False)
+        self._cpu_kernel: Any = None
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Install a torchao weight (of shape (out_features, in_features)) and drop any kernel built for the old one."""
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self._cpu_kernel = None
+
+    def _kernel(self) -> Any:
+        """The CPU decode kernel for the current weight (built once per weight), or None."""
+        inner = getattr(self.weight, "qdata", None)
+        if inner is None:
+            return None
+        if self._cpu_kernel is None or self._cpu_kernel[0] is not inner:
+            self._cpu_kernel = (inner, kernels.cpu_kernel_for(self.weight))
+        return self._cpu_kernel[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_cpu and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+            kernel = self._kernel()
+            if kernel is not None and x.numel() // x.shape[-1] <= kernel.max_rows:
+                y = kernel.matmul(x)
+                return y if self.bias is None else y + self.bias
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight={type(self.weight).__name__}"

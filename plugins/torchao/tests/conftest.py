@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random llama and the checkpoints transformers + torchao write for it (the oracle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchao_helpers import hf_load, hf_quantize, torchao_configs
+
+
+@pytest.fixture(scope="session")
+def tiny_float_dir(tmp_path_factory) -> Path:
+    from qcore.testdata import tiny_llama
+
+    path = tmp_path_factory.mktemp("torchao") / "float"
+    tiny_llama().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_float_model(tiny_float_dir: Path):
+    return hf_load(tiny_float_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tiny_float_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """preset name -> directory of the checkpoint transformers + torchao wrote for the same config."""
+    root = tmp_path_factory.mktemp("hf-torchao")
+    out = {}
+    for name, ao_config in torchao_configs().items():
+        hf_quantize(tiny_float_dir, ao_config, root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))

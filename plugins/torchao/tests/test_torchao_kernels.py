@@ -1,0 +1,113 @@
+"""The CPU decode kernels against a plain dequantize + matmul reference and against torchao's own path.
+
+The kernels take bfloat16 activations (see qcore_torchao.kernels): their outputs carry bfloat16
+rounding, a relative error of a few 1e-3; a wrong scale, zero point or group is off by O(1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qcore
+from qcore.testing import relative_error
+from qcore_torchao import kernels
+from qcore_torchao.linear import TorchAoLinear
+from qcore_torchao.quantize import _quantize_linear_weight
+
+BF16_OUTPUT_ROUNDING = 3e-3  # bfloat16 keeps 8 significant bits: at most 2**-9 per element
+BF16_ERROR = 6e-3  # inputs and outputs rounded to bfloat16
+
+
+def reference_int4(x, qdata, scale, zero_point, group):
+    """W[n, k] = scale[n, k // g] * (qdata[n, k] - zero_point[n, k // g]), written out with repeat_interleave."""
+    w = (qdata.double() - zero_point.double().repeat_interleave(group, 1)) * scale.double().repeat_interleave(group, 1)
+    return (x.double() @ w.T).float()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_int8_rowwise_kernel_matches_the_reference(rows):
+    g = torch.Generator().manual_seed(1)
+    qdata = torch.randint(-128, 128, (96, 160), generator=g, dtype=torch.int8)
+    scale = torch.rand(96, 1, generator=g) / 100
+    x = torch.randn(rows, 160, generator=g)
+    y = kernels.Int8RowwiseCpu(qdata, scale).matmul(x)
+    assert y.dtype == torch.float32
+    rounded_input = (x.bfloat16().double() @ (qdata.double() * scale.double()).T).float()
+    assert relative_error(y, rounded_input) < BF16_OUTPUT_ROUNDING
+    assert relative_error(y, (x.double() @ (qdata.double() * scale.double()).T).float()) < BF16_ERROR
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_int4_grouped_kernel_matches_the_reference_with_zero_points(group, rows):
+    g = torch.Generator().manual_seed(2)
+    qdata = torch.randint(-8, 8, (64, 256), generator=g, dtype=torch.int8)
+    scale = torch.rand(64, 256 // group, generator=g) / 10
+    zero_point = torch.randint(-3, 4, (64, 256 // group), generator=g, dtype=torch.int8)
+    x = torch.randn(rows, 256, generator=g)
+    y = kernels.Int4GroupedCpu(qdata, scale, zero_point, group).matmul(x)
+    assert relative_error(y, reference_int4(x, qdata, scale, zero_point, group)) < BF16_ERROR
+
+
+def _torchao_weight(name: str, out_features=96, in_features=128, dtype=torch.float32):
+    from torchao_helpers import torchao_configs
+
+    w = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3)).to(dtype)
+    return _quantize_linear_weight(w, torchao_configs()[name])
+
+
+@pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_uses_the_kernel_for_decode_rows_only(preset, dtype, monkeypatch):
+    weight = _torchao_weight(preset, dtype=dtype)
+    layer = TorchAoLinear(128, 96, bias=True, device="meta", dtype=dtype)
+    layer.set_weight(weight)
+    layer.bias = nn.Parameter(torch.randn(96).to(dtype), requires_grad=False)
+    kernel = layer._kernel()
+    assert kernel is not None
+    calls = []
+    original = type(kernel).matmul
+    monkeypatch.setattr(type(kernel), "matmul", lambda self, x: calls.append(x.shape) or original(self, x))
+    with torch.no_grad():
+        for shape in [(1, 1, 128), (2, 4, 128), (3, 5, 128)]:
+            x = torch.randn(*shape).to(dtype)
+            y = layer(x)
+            expected = nn.functional.linear(x, weight, layer.bias)  # torchao's own path
+            assert y.dtype == dtype and y.shape == expected.shape
+            assert relative_error(y, expected) < (BF16_ERROR if dtype == torch.float32 else 1e-2)
+    assert calls == [(1, 1, 128), (2, 4, 128)]  # 15 rows went through torchao
+
+
+@pytest.mark.parametrize("preset", ["torchao-int8dq", "torchao-fp8wo"])
+def test_no_kernel_where_torchao_semantics_differ(preset):
+    assert kernels.cpu_kernel_for(_torchao_weight(preset)) is None
+
+
+def test_fast_path_can_be_switched_off():
+    layer = TorchAoLinear(128, 96, bias=False, device="meta")
+    layer.set_weight(_torchao_weight("torchao-int8wo"))
+    layer.fast_cpu = False
+    x = torch.randn(1, 128)
+    with torch.no_grad():
+        assert torch.equal(layer(x), nn.functional.linear(x, layer.weight))
+
+
+@pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32"])
+def test_decoding_with_the_kernels_then_saving_gives_the_same_checkpoint(preset, tiny_float_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    model = qcore.load_quantized(tiny_float_dir, quantization_config=preset, progress=False)
+    before = load_file(str(qcore.save_quantized(model, tmp_path / "before") / "model.safetensors"))
+    prompt = torch.arange(5).reshape(1, 5)
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        TorchAoLinear.fast_cpu = False
+        try:
+            reference = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        finally:
+            TorchAoLinear.fast_cpu = True
+    assert torch.equal(generated, reference)
+    after = load_file(str(qcore.save_quantized(model, tmp_path / "after") / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

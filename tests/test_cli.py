@@ -70,14 +70,15 @@ def test_existing_output_is_not_overwritten(float_dir, tmp_path):
 
 
 def test_help_and_the_plugin_list_do_not_import_torch():
-    """`qcore --help` and `qcore plugins` answer without the seconds torch takes to import (core side)."""
+    """`qcore --help` and `qcore plugins` (every installed plugin listed) answer without importing torch."""
     from core_helpers import run_python
 
     code = ("import sys\nfrom qcore.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "main(['plugins'])\nprint('torch' in sys.modules)")
-    result = run_python(code, env_extra={"QCORE_PLUGINS": "none"})
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert "BROKEN" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout
 
 
 def test_public_functions_show_their_real_signatures():

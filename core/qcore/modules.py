@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: plugin modules import this one when they are listed
+    import torch
+    from torch import nn
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -35,6 +38,8 @@ def owning_module_name(tensor_name: str, module_names: set[str]) -> str | None:
 
 def linear_from_weight(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
     """A float ``nn.Linear`` holding ``weight`` (out, in) and ``bias`` (out,), both frozen: the usual ``dequantize`` result."""
+    from torch import nn
+
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     linear.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
@@ -55,6 +60,8 @@ def expect_tensor(
     :param shape: the exact shape, when the format fixes it.
     :raises TensorMismatchError: naming ``module_name.name``, what it is and what the format needs.
     """
+    import torch
+
     from qcore.errors import TensorMismatchError
 
     if dtypes == "float":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from qcore.config import QuantizationConfig, parse_dtype
 from qcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 STORAGE_DTYPES = ("uint8", "int8", "float16", "bfloat16", "float32")
 
@@ -39,6 +40,8 @@ class BnbConfig(QuantizationConfig):
             raise ConfigError("set load_in_4bit=True (NF4/FP4) or load_in_8bit=True (LLM.int8)")
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
+        import torch
+
         # transformers writes the default compute dtype as "float32"; hold it explicitly so configs round-trip
         self.bnb_4bit_compute_dtype = parse_dtype(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype") or torch.float32
         storage = parse_dtype(self.bnb_4bit_quant_storage, "bnb_4bit_quant_storage")
@@ -62,6 +65,8 @@ class BnbConfig(QuantizationConfig):
 
     @property
     def storage_dtype(self) -> torch.dtype:
+        import torch
+
         return getattr(torch, self.bnb_4bit_quant_storage)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 import qcore
 from qcore.errors import CheckpointError, TensorMismatchError
-from qcore.modules import expect_tensor, linear_from_weight, replace_module
 
 from .config import BnbConfig
-from .format import QuantState4bit, checkpoint_kind, read_quant_state
-from .linear import Linear4bit, Linear8bitLt
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .linear import Linear4bit, Linear8bitLt
+
 
 BLOCKSIZE = 64
 NESTED_BLOCKSIZE = 256
@@ -35,6 +38,10 @@ def qcore_presets():
 
 @qcore.hookimpl
 def process_before_weight_loading(model, modules):
+    from qcore.modules import replace_module
+
+    from .linear import Linear4bit, Linear8bitLt
+
     for name, cfg in modules.items():
         linear = model.get_submodule(name)
         bias = linear.bias is not None
@@ -47,6 +54,13 @@ def process_before_weight_loading(model, modules):
 
 @qcore.hookimpl
 def create_quantized_param(module_name, module, tensors, config, device, pre_quantized, dtype):
+    from torch import nn
+
+    from qcore.modules import expect_tensor
+
+    from .format import checkpoint_kind
+    from .linear import Linear4bit
+
     kind = checkpoint_kind(module_name, tensors) if pre_quantized else "float"
     if "weight" not in tensors:
         raise CheckpointError(f"{module_name}: checkpoint has no 'weight' for this layer")
@@ -77,7 +91,10 @@ def _check_float_weight(module_name: str, module: nn.Module, weight: torch.Tenso
 
 
 def _fill_4bit(module_name: str, module: Linear4bit, tensors: dict, config: BnbConfig, pre_quantized: bool) -> None:
+    import torch
+
     from . import kernels
+    from .format import QuantState4bit, read_quant_state
 
     if pre_quantized:
         state = read_quant_state(module_name, tensors, module.out_features, module.in_features)
@@ -100,6 +117,10 @@ def _fill_4bit(module_name: str, module: Linear4bit, tensors: dict, config: BnbC
 
 
 def _fill_8bit(module_name: str, module: Linear8bitLt, tensors: dict, pre_quantized: bool) -> None:
+    import torch
+
+    from qcore.modules import expect_tensor
+
     from . import kernels
 
     if pre_quantized:
@@ -124,6 +145,10 @@ def module_state_dict(module):
 
 @qcore.hookimpl
 def dequantize(module):
+    import torch
+
+    from qcore.modules import linear_from_weight
+
     return linear_from_weight(module.dequantized_weight(torch.float32), None if module.bias is None else module.bias.data.float())
 
 

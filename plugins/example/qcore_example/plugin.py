@@ -1,14 +1,13 @@
-"""The hooks of the example plugin: every one a plugin needs, nothing more."""
+"""The hooks of the example plugin: every one a plugin needs, nothing more.
 
-import torch
-from torch import nn
+Heavy imports (torch, the module class) live inside the hooks: `qcore plugins` imports this module
+to list the plugin, and should not pay for torch.
+"""
 
 import qcore
 from qcore.errors import CheckpointError
-from qcore.modules import linear_from_weight, replace_module
 
 from .config import ExampleInt8Config
-from .linear import Int8Linear, quantize_per_channel
 
 
 @qcore.hookimpl
@@ -23,6 +22,12 @@ def qcore_presets():
 
 @qcore.hookimpl
 def process_before_weight_loading(model, modules):
+    # `modules`: name -> effective config of every nn.Linear the targeting rules selected.
+    # The model is a skeleton on the meta device: build the new modules there too.
+    from qcore.modules import replace_module
+
+    from .linear import Int8Linear
+
     for name in modules:
         linear = model.get_submodule(name)
         new = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
@@ -34,6 +39,11 @@ def create_quantized_param(module_name, module, tensors, device, pre_quantized, 
     # `tensors` holds ALL of this module's checkpoint tensors (even across shards),
     # named relative to the module: {"weight": ..., "weight_scale": ..., "bias": ...}.
     # `dtype` is the model's compute dtype (torch_dtype): float parts such as the bias use it.
+    import torch
+    from torch import nn
+
+    from .linear import quantize_per_channel
+
     if pre_quantized:                         # a checkpoint we (or another tool) wrote
         missing = {"weight", "weight_scale"} - tensors.keys()
         if missing:
@@ -59,4 +69,6 @@ def create_quantized_param(module_name, module, tensors, device, pre_quantized, 
 
 @qcore.hookimpl
 def dequantize(module):
+    from qcore.modules import linear_from_weight
+
     return linear_from_weight(module.dequantized_weight(), None if module.bias is None else module.bias.data)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 import qcore
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
-from qcore.modules import expect_tensor, linear_from_weight, replace_module
 
 from .config import GPTQConfig
-from .linear import GPTQQuantLinear
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .linear import GPTQQuantLinear
+
 
 
 @qcore.hookimpl
@@ -29,6 +33,8 @@ def qcore_presets():
 
 
 def _new_module(linear: nn.Module, config: GPTQConfig, device: str = "meta") -> GPTQQuantLinear:
+    from .linear import GPTQQuantLinear
+
     return GPTQQuantLinear(linear.in_features, linear.out_features, linear.bias is not None, config.bits, config.group_size, device)
 
 
@@ -40,6 +46,8 @@ def validate_environment(model, modules):
 
 @qcore.hookimpl
 def process_before_weight_loading(model, modules):
+    from qcore.modules import replace_module
+
     for name, cfg in modules.items():
         replace_module(model, name, _new_module(model.get_submodule(name), cfg))
 
@@ -66,6 +74,8 @@ def _fill(module: GPTQQuantLinear, result, config: GPTQConfig, bias: torch.Tenso
 
 @qcore.hookimpl
 def create_quantized_param(module_name, module, tensors, config, device, pre_quantized, dtype):
+    from qcore.modules import expect_tensor
+
     from .format import from_tensors
     from .gptq import rtn_quantize
 
@@ -89,6 +99,8 @@ def create_quantized_param(module_name, module, tensors, config, device, pre_qua
 
 @qcore.hookimpl
 def process_after_weight_loading(model):
+    from .linear import GPTQQuantLinear
+
     for module in model.modules():
         if isinstance(module, GPTQQuantLinear):
             module.prepare_fast_path()
@@ -97,6 +109,8 @@ def process_after_weight_loading(model):
 # --- calibration --------------------------------------------------------------------------
 @qcore.hookimpl
 def calibration_init(module):
+    import torch
+
     return {"H": torch.zeros(module.in_features, module.in_features, dtype=torch.float32, device=module.weight.device), "n": 0}
 
 
@@ -128,6 +142,8 @@ def quantize_calibrated(module_name, module, state, config):
 # --- saving, dequantizing -------------------------------------------------------------------
 @qcore.hookimpl
 def module_state_dict(module, config):
+    import torch
+
     from .format import pack_qzeros
 
     out = {"qweight": module.qweight, "qzeros": pack_qzeros(module.zeros, config.bits, config.checkpoint_format),
@@ -140,4 +156,6 @@ def module_state_dict(module, config):
 
 @qcore.hookimpl
 def dequantize(module):
+    from qcore.modules import linear_from_weight
+
     return linear_from_weight(module.dequantized_weight(), None if module.bias is None else module.bias.data.float())

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 import qcore
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
-from qcore.modules import linear_from_weight, replace_module
 
 from .config import TorchAoConfig
-from .linear import TorchAoLinear
 
 _PER_ROW = {"_type": "PerRow", "_version": 1, "_data": {"dim": -1}}
 # what torchao 0.18's config_to_dict writes for each config (tests check these against torchao)
@@ -61,6 +56,8 @@ def validate_environment(config, device_map, model, modules):
 
 def _device_kind(device_map) -> str:
     """'cuda' when the device map puts anything on a CUDA device, else 'cpu'."""
+    import torch
+
     values = device_map.values() if isinstance(device_map, dict) else [device_map]
     for value in values:
         if isinstance(value, int) and not isinstance(value, bool) or str(value).startswith("cuda"):
@@ -72,6 +69,10 @@ def _device_kind(device_map) -> str:
 
 @qcore.hookimpl
 def process_before_weight_loading(model, modules, pre_quantized, metadata):
+    from qcore.modules import replace_module
+
+    from .linear import TorchAoLinear
+
     for name in modules:
         linear = model.get_submodule(name)
         new = TorchAoLinear(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
@@ -83,6 +84,8 @@ def process_before_weight_loading(model, modules, pre_quantized, metadata):
 
 @qcore.hookimpl
 def create_quantized_param(model, module_name, module, tensors, config, device, pre_quantized, dtype):
+    from torch import nn
+
     from .quantize import load_weight, quantize_weight
 
     if pre_quantized:
@@ -133,6 +136,10 @@ def checkpoint_metadata(model, tensors):
 
 @qcore.hookimpl
 def dequantize(module):
+    from qcore.modules import linear_from_weight
+
+    from .linear import TorchAoLinear
+
     if not isinstance(module, TorchAoLinear):
         raise ConfigError(f"qcore-plugin-torchao cannot dequantize a {type(module).__name__}")
     weight = module.weight.dequantize().to(module.weight.dtype)  # the torchao weight's dtype is the compute dtype

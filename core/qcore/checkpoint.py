@@ -233,13 +233,12 @@ class Checkpoint:
         found = sorted(self.directory.glob("*.safetensors"))
         if found:
             return found
+        from qcore.plugins import PICKLE_HINTS
+
         pickled = sorted(p.name for p in self.directory.glob("*.bin")) + sorted(p.name for p in self.directory.glob("*.pt"))
-        extra = (
-            f" It has {', '.join(pickled)}: qcore never unpickles; convert it to safetensors first "
-            "(e.g. transformers' save_pretrained(safe_serialization=True))."
-            if pickled
-            else ""
-        )
+        how = next((PICKLE_HINTS[name] for name in pickled if name in PICKLE_HINTS),
+                   "e.g. transformers' save_pretrained(safe_serialization=True)")
+        extra = f" It has {', '.join(pickled)}: qcore never unpickles; convert it to safetensors first ({how})." if pickled else ""
         raise CheckpointError(f"no safetensors file in {self.directory}.{extra}")
 
     def _read_json(self, name: str) -> dict[str, Any] | None:

@@ -23,7 +23,8 @@ from qcore.errors import ConfigError, DuplicateMethodError, MethodNotInstalledEr
 
 ENTRY_POINT_GROUP = "qcore"
 
-# The one place the core names backends: unknown method -> distribution to install.
+# The one place the core names backends: unknown method -> distribution to install, and the
+# pickled files some tools write -> how to re-save them as safetensors.
 INSTALL_HINTS = {
     "bitsandbytes": "qcore-plugin-bnb",
     "gptq": "qcore-plugin-gptq",
@@ -31,6 +32,10 @@ INSTALL_HINTS = {
     "fp8": "qcore-plugin-fp8",
     "hqq": "qcore-plugin-hqq",
     "torchao": "qcore-plugin-torchao",
+}
+PICKLE_HINTS = {
+    "qmodel.pt": "an hqq checkpoint: load it with hqq's AutoHQQHFModel.from_quantized(dir, device='cpu') and re-save "
+                 "it with AutoHQQHFModel.save_to_safetensors(model, new_dir); see docs/methods/hqq.md",
 }
 
 

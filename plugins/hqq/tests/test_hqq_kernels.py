@@ -1,0 +1,79 @@
+"""The fast CPU path against the plain-torch reference, and the resident layout's exact round trip."""
+
+import pytest
+import torch
+
+from qcore_hqq import kernels, quantizer
+from qcore_hqq.bitpack import pack
+from qcore_hqq.format import HqqMeta
+from qcore_hqq.linear import HqqLinear
+
+
+def make_layer(out_features: int, in_features: int, nbits: int = 4, group_size: int = 64, axis: int = 1,
+               bias: bool = True, seed: int = 0) -> tuple[HqqLinear, torch.Tensor, torch.Tensor, torch.Tensor, HqqMeta]:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=g) * 0.05
+    q = quantizer.quantize(weight, nbits, group_size, axis, round_zero=nbits == 4)
+    meta = HqqMeta(nbits=nbits, group_size=group_size, axis=axis, shape=(out_features, in_features), round_zero=nbits == 4)
+    W_q = pack(q.W_q, meta.packing)
+    layer = HqqLinear(in_features, out_features, bias, torch.float32)
+    layer.set_quantized(W_q, q.scale, q.zero, meta, torch.randn(out_features, generator=g) if bias else None, torch.device("cpu"))
+    return layer, W_q, q.scale, q.zero, meta
+
+
+def plain_dequantize(W_q, scale, zero, meta):
+    """An independent reference: unpack nibbles by hand (4-bit: high nibble = first half of the rows)."""
+    codes = torch.cat([W_q >> 4, W_q & 15]).float()
+    return ((codes - zero) * scale).reshape(meta.shape)
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_layout_round_trips_exactly(group_size):
+    layer, W_q, scale, zero, meta = make_layer(96, 256, group_size=group_size)
+    assert layer.fast is not None and layer.W_q is None, "4-bit axis-1 layers keep only the kernel's layout"
+    assert torch.equal(layer.hqq_packed_codes(), W_q)
+    assert torch.equal(layer.dequantized_weight(), plain_dequantize(W_q, scale, zero, meta))
+    assert torch.equal(kernels.dequantize(W_q, scale, zero, meta), plain_dequantize(W_q, scale, zero, meta))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_int4_gemm_matches_reference(dtype, rows):
+    """The GEMM computes in bfloat16: as close as a bfloat16 dense layer would be."""
+    layer, W_q, scale, zero, meta = make_layer(128, 192, group_size=64)
+    x = torch.randn(rows, 192, dtype=dtype)
+    with torch.no_grad():
+        y = layer(x)
+    expected = x.double() @ plain_dequantize(W_q, scale, zero, meta).double().T + layer.bias.double()
+    assert y.dtype == dtype
+    err = (y.double() - expected).norm() / expected.norm()
+    assert err < 1e-2, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("nbits,axis", [(2, 1), (3, 1), (8, 1), (4, 0)])
+def test_reference_path_for_other_layouts(nbits, axis):
+    layer, W_q, scale, zero, meta = make_layer(64, 128, nbits=nbits, axis=axis)
+    assert layer.fast is None
+    x = torch.randn(5, 128)
+    from qcore_hqq.bitpack import unpack
+
+    codes = unpack(W_q, meta.packing, rows=meta.code_shape()[0]).float()
+    weight = ((codes - zero) * scale).reshape(64, 128)
+    torch.testing.assert_close(layer(x), x @ weight.T + layer.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_and_the_switch_use_the_exact_reference(monkeypatch):
+    layer, W_q, scale, zero, meta = make_layer(64, 128)
+    weight = plain_dequantize(W_q, scale, zero, meta)
+    x = torch.randn(2, 20, 128, requires_grad=True)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, weight) + layer.bias)
+    monkeypatch.setattr(HqqLinear, "use_fast_kernels", False)
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, weight) + layer.bias)
+
+
+def test_layers_that_do_not_fit_the_gemm_keep_hqqs_layout():
+    layer = make_layer(40, 128)[0]  # out_features not a multiple of 16
+    assert layer.fast is None and layer.W_q is not None
+    layer = make_layer(64, 96, group_size=32)[0]
+    assert layer.fast is not None

@@ -23,6 +23,9 @@ from qcore.evaluate import decode_latency, perplexity
 from qcore.testdata import calibration_text, reference_text, smollm2_checkpoint
 
 PPL_TOKENS = 2048
+# one or two presets per method, so the main job takes minutes; --all runs every installed preset
+DEMO_PRESETS = ("bnb-nf4", "bnb-int8", "gptq-w4g128", "gptq-w8", "awq-w4g64", "fp8-block128", "hqq-4bit-g64",
+                "torchao-int8wo", "torchao-intx4-g32")
 
 
 def dir_size(path: Path) -> int:
@@ -78,7 +81,8 @@ def answer(model: torch.nn.Module, tokenizer: Any, question: str, max_new_tokens
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/demo.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="*", help="presets to run (default: every installed one)")
+    parser.add_argument("--presets", nargs="*", help="presets to run (default: one or two per installed method)")
+    parser.add_argument("--all", action="store_true", help="run every installed preset")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     float_dir = smollm2_checkpoint()
     tokenizer = AutoTokenizer.from_pretrained(float_dir)
     text = reference_text()
-    presets = args.presets or sorted(p for p in qcore.registry().presets if not p.startswith("example"))
+    installed = sorted(p for p in qcore.registry().presets if not p.startswith("example"))
+    presets = args.presets or (installed if args.all else [p for p in DEMO_PRESETS if p in installed])
     print(f"Presets: {', '.join(presets)}")
     rows = [measure("float32", "32", float_dir, tokenizer, text)]
     work = Path(tempfile.mkdtemp(prefix="qcore-demo-"))

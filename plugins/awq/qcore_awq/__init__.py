@@ -1,0 +1,1 @@
+"""qcore-plugin-awq: AWQ (activation-aware weight quantization) for qcore."""

@@ -283,7 +283,8 @@ def _calibrate_group(model: nn.Module, block: nn.Module, group: list[str], modul
     can_stop = EARLY_STOP and not any(hasattr(m, "_hf_hook") for m in block.modules())
     for full in group:
         module = get_module(model, full)
-        states[full] = hooks.calibration_init(module_name=full, module=module, config=modules[full])
+        states[full] = hooks.calibration_init(module_name=full, module=module, config=modules[full], model=model,
+                                              modules=modules)
 
         def observe(mod: nn.Module, args: tuple, output: torch.Tensor, _full: str = full) -> None:
             hooks.calibration_add_batch(module_name=_full, module=mod, state=states[_full], inputs=args[0].detach(),

@@ -165,15 +165,22 @@ def process_after_weight_loading(model: nn.Module, config: QuantizationConfig) -
 # Calibration (methods whose config has ``requires_calibration = True``)
 # =============================================================================
 @hookspec(firstresult=True)
-def calibration_init(module_name: str, module: nn.Module, config: QuantizationConfig) -> Any:
+def calibration_init(
+    module_name: str, module: nn.Module, config: QuantizationConfig, model: nn.Module,
+    modules: dict[str, QuantizationConfig],
+) -> Any:
     """Start collecting statistics for one float linear of the current block.
 
     Called by the calibration driver (qcore.calibration) before the calibration
-    batches run through the block. Stops at first non-None result.
+    batches run through the block. Methods that work on whole blocks (AWQ) find the
+    block and its other targeted linears through ``model`` and ``modules``. Stops at
+    first non-None result.
 
     :param module_name: the linear's full name.
     :param module: the float ``nn.Linear``.
     :param config: that module's effective config.
+    :param model: the model being calibrated (blocks already quantized hold their new modules).
+    :param modules: module name -> effective config, for every module the calibration converts.
     :returns: any state object; it is handed back to calibration_add_batch and
         quantize_calibrated.
     """

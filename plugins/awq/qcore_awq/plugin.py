@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import qcore
-from qcore.errors import CheckpointError, ConfigError, QcoreError, TensorMismatchError
+from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
 
 from .config import AWQConfig
 
@@ -67,9 +66,6 @@ def validate_environment(model, modules):
     check_layers(_shapes(model, modules), modules)
     if any(p.device.type != "meta" for p in model.parameters()):  # a live model: qcore.quantize calibrates it next
         scale_groups(model)
-        context = (weakref.ref(model), dict(modules))
-        for cfg in modules.values():
-            _CONTEXT_OF[id(cfg)] = context
 
 
 @qcore.hookimpl
@@ -114,19 +110,6 @@ def process_after_weight_loading(model):
 _RUNS: dict[tuple[int, str], Any] = {}  # (id(model), block name) -> BlockRun of the block being calibrated
 # id(effective config) -> the live model validate_environment saw it with: the calibration hooks get a
 # linear and its config, not the model, and AWQ needs the linear's whole block
-_CONTEXT_OF: dict[int, tuple[weakref.ref, dict[str, AWQConfig]]] = {}
-
-
-def _context(config: AWQConfig) -> tuple[nn.Module, dict[str, AWQConfig]]:
-    """The live model and its targeted modules, as validate_environment saw them with ``config``."""
-    ref, modules = _CONTEXT_OF.get(id(config), (None, {}))
-    model = ref() if ref is not None else None
-    if model is None:
-        raise QcoreError("AWQ's calibration hooks run only inside qcore.quantize(model, config, calibration=...), "
-                         "which validates the model first")
-    return model, modules
-
-
 def _locate(model: nn.Module, module_name: str) -> tuple[str, nn.Module, str]:
     """(block name, block, name relative to the block) of a linear inside a decoder block."""
     from qcore.calibration import find_blocks
@@ -138,15 +121,14 @@ def _locate(model: nn.Module, module_name: str) -> tuple[str, nn.Module, str]:
 
 
 @qcore.hookimpl
-def calibration_init(module_name, config):
+def calibration_init(module_name, config, model, modules):
     from .arch import active_groups, scale_groups
     from .block import BlockRun
 
-    model, targeted = _context(config)
     block_name, block, relative = _locate(model, module_name)
     key = (id(model), block_name)
     if key not in _RUNS or _RUNS[key].block is not block:
-        inside = {n[len(block_name) + 1:]: cfg for n, cfg in targeted.items() if n.startswith(block_name + ".")}
+        inside = {n[len(block_name) + 1:]: cfg for n, cfg in modules.items() if n.startswith(block_name + ".")}
         sizes = {n: cfg.group_size_for(block.get_submodule(n).in_features) for n, cfg in inside.items()}
         _RUNS[key] = BlockRun(block, active_groups(block, scale_groups(model), set(inside)), sizes)
     return {"run": _RUNS[key], "key": key, "relative": relative}

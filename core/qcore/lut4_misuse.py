@@ -108,3 +108,38 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
         ("q8 lying shape", q8(n=65536, k=4096, absmax=torch.rand(65536 * 64))),
     ]
     return cases
+
+
+_SUBPROCESS = """
+import {package}.ops as ops
+from qcore import lut4_misuse
+from qcore.native import KernelArgumentError
+
+assert ops.library() is not None, "the compiled kernels are missing"
+for name, call in lut4_misuse.misuse_cases("{package}"):
+    if name.startswith("valid"):
+        call()
+        print("ok", name, flush=True)
+        continue
+    try:
+        call()
+    except KernelArgumentError as exc:
+        print("raised", name, "|", str(exc).splitlines()[0], flush=True)
+    else:
+        print("ACCEPTED", name, flush=True)
+"""
+
+
+def run_in_subprocess(package: str, timeout: float = 120) -> str:
+    """Run every misuse case of ``package`` (whose ``ops`` module registers the ops) in a fresh interpreter.
+
+    :returns: one line per case: ``ok valid ...``, ``raised <case> | <message>`` or ``ACCEPTED <case>``.
+    :raises AssertionError: when the interpreter died (a bad call reached C).
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SUBPROCESS.format(package=package)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout

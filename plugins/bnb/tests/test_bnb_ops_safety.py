@@ -4,43 +4,14 @@ Run in a subprocess: a call that reached C with a wrong size would crash the int
 in-process would take pytest down instead of failing one test.
 """
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
-SCRIPT = textwrap.dedent("""
-    import torch
-    import {package}.ops as ops
-    from qcore import lut4_misuse
-    from qcore.native import KernelArgumentError
-
-    assert ops.library() is not None, "the compiled kernels are missing"
-    for name, call in lut4_misuse.misuse_cases("{package}"):
-        if name.startswith("valid"):
-            call()
-            print("ok", name, flush=True)
-            continue
-        try:
-            call()
-        except KernelArgumentError as exc:
-            print("raised", name, "|", str(exc).splitlines()[0], flush=True)
-        else:
-            print("ACCEPTED", name, flush=True)
-""")
-
-
-def run_misuse_cases(package: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(package=package)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+from qcore.lut4_misuse import run_in_subprocess
 
 
 def test_wrong_sizes_strides_dtypes_and_devices_raise_and_never_crash():
-    out = run_misuse_cases("qcore_bnb")
+    out = run_in_subprocess("qcore_bnb")
     lines = out.splitlines()
     assert "ACCEPTED" not in out, out
     assert sum(ln.startswith("ok valid") for ln in lines) == 4, out

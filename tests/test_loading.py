@@ -47,14 +47,15 @@ def test_prequantized_companions_split_over_shards_are_grouped(float_dir, tmp_pa
         assert torch.equal(again(tokens).logits, model(tokens).logits)
 
 
-def test_unknown_method_in_checkpoint_is_never_loaded_as_float(float_dir, tmp_path):
+def test_unknown_method_in_checkpoint_is_never_loaded_as_float(float_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(qcore.plugins.INSTALL_HINTS, "mxfp4", "qcore-plugin-mxfp4")  # a method no plugin here serves
     target = tmp_path / "awq"
     target.mkdir()
     (target / "model.safetensors").write_bytes((float_dir / "model.safetensors").read_bytes())
     config = json.loads((float_dir / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    config["quantization_config"] = {"quant_method": "mxfp4", "bits": 4}
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MethodNotInstalledError, match="pip install qcore-plugin-awq"):
+    with pytest.raises(MethodNotInstalledError, match="pip install qcore-plugin-mxfp4"):
         qcore.load_quantized(target)
 
 

@@ -63,9 +63,10 @@ def test_routing_reaches_only_the_owning_plugin_and_observers():
     assert other.calls == [("validate_environment", "other")]
 
 
-def test_unknown_method_names_the_distribution_to_install():
-    with pytest.raises(MethodNotInstalledError, match="pip install qcore-plugin-awq"):
-        qcore.config("awq", bits=4)
+def test_unknown_method_names_the_distribution_to_install(monkeypatch):
+    monkeypatch.setitem(qcore.plugins.INSTALL_HINTS, "mxfp4", "qcore-plugin-mxfp4")  # a method no plugin here serves
+    with pytest.raises(MethodNotInstalledError, match="pip install qcore-plugin-mxfp4"):
+        qcore.config("mxfp4", bits=4)
     with pytest.raises(MethodNotInstalledError, match="did you mean 'example_int8'"):
         qcore.config("example_int9")
 

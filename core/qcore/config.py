@@ -203,9 +203,10 @@ def _check_keys(cls: type[QuantizationConfig], data: dict[str, Any], where: str)
 
 def _jsonable(value: Any) -> Any:
     """Turn dtypes and tuples into what json can write (HF writes dtypes as 'float16')."""
-    import torch
+    import sys
 
-    if isinstance(value, torch.dtype):
+    torch = sys.modules.get("torch")  # no torch imported: no value can be a torch.dtype (keeps `qcore plugins` light)
+    if torch is not None and isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
     if isinstance(value, tuple | set | frozenset):
         return [_jsonable(v) for v in value]

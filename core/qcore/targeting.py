@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from qcore.config import QuantizationConfig
+
+if TYPE_CHECKING:  # torch only where modules are selected: configs (and `qcore plugins`) need none
+    from torch import nn
 
 DEFAULT_SKIP = ("lm_head",)
 
@@ -54,6 +56,8 @@ def skip_matches(pattern: str, name: str) -> bool:
 
 def select_modules(model: nn.Module, config: QuantizationConfig) -> dict[str, QuantizationConfig]:
     """Module name -> effective config, for every module ``config`` converts."""
+    from torch import nn
+
     skip = DEFAULT_SKIP if config.modules_to_not_convert is None else tuple(config.modules_to_not_convert)
     selected: dict[str, QuantizationConfig] = {}
     for name, module in model.named_modules():

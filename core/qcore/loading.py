@@ -28,7 +28,7 @@ from qcore.config import QuantizationConfig
 from qcore.errors import CheckpointError, ConfigError, MissingKeysError, QcoreError, TensorMismatchError
 from qcore.modules import get_module, owning_module_name
 from qcore.plugins import config_from_dict, registry
-from qcore.quantization import check_finite, mark_quantized, resolve_user_config
+from qcore.quantization import compute_dtypes, create_module, mark_quantized, resolve_user_config, untie_output_head
 from qcore.targeting import select_modules
 
 ModelSource = nn.Module | Callable[[], nn.Module] | None
@@ -55,7 +55,7 @@ def _give_freed_memory_back() -> None:
     results stay alive between them; glibc keeps the freed holes for reuse, and when the
     next temporaries do not fit them the heap grows, so RSS would climb towards the float
     model's size. ``malloc_trim(0)`` hands the free pages of every hole back (madvise),
-    after each large tensor. It changes no allocator setting of the host process (no mallopt).
+    after each large tensor. It changes no allocator setting of the host process.
     """
     trim = _malloc_trim()
     if trim is not None:
@@ -207,15 +207,6 @@ def load_quantized(
     return skeleton.eval()
 
 
-def compute_dtypes(model: nn.Module, modules: dict[str, QuantizationConfig]) -> dict[str, torch.dtype]:
-    """Module name -> the dtype its float weight has in the skeleton: the compute dtype its plugin must keep."""
-    dtypes = {}
-    for name in modules:
-        weight = getattr(get_module(model, name), "weight", None)
-        dtypes[name] = weight.dtype if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point else torch.float32
-    return dtypes
-
-
 def _tied_sources(model: nn.Module, ckpt: Checkpoint, modules: dict[str, QuantizationConfig]) -> dict[str, str]:
     """checkpoint tensor -> module to quantize from it, for targeted modules whose weight is tied to it.
 
@@ -325,19 +316,10 @@ class _WeightLoader:
         bar.close()
 
     def _create(self, module_name: str, tensors: dict[str, torch.Tensor], tied_to: str | None = None) -> None:
-        if not self.pre_quantized:
-            check_finite(module_name, tensors)
-        hooks = registry().hook(self.config)
-        module = get_module(self.model, module_name)
-        handled = hooks.create_quantized_param(
-            model=self.model, module_name=module_name, module=module, tensors=tensors,
-            config=self.modules[module_name], device=self.placement.device_for(module_name),
-            pre_quantized=self.pre_quantized, dtype=self.dtypes[module_name],
-        )
-        if not handled:
-            raise QcoreError(f"no plugin built the quantized module {module_name!r} (create_quantized_param returned None)")
+        create_module(registry().hook(self.config), self.model, module_name, tensors, self.modules[module_name],
+                      self.placement.device_for(module_name), self.pre_quantized, self.dtypes[module_name])
         if tied_to is not None:
-            _untie(self.model)
+            untie_output_head(self.model)
             self.loaded.add(tied_to)
         self.loaded.update(f"{module_name}.{k}" for k in tensors)
 
@@ -389,13 +371,3 @@ class _WeightLoader:
                 f"the checkpoint lacks {len(missing)} tensor(s) the model needs: {shown}. "
                 "Is it the right checkpoint for this model? (strict=False leaves them uninitialised on 'meta')"
             )
-
-
-def _untie(model: nn.Module) -> None:
-    """The output head is quantized separately from the embedding: record that the model is untied."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False
-    text_config = getattr(config, "get_text_config", None)
-    if callable(text_config) and getattr(text_config(), "tie_word_embeddings", False):
-        text_config().tie_word_embeddings = False

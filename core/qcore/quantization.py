@@ -100,8 +100,6 @@ def quantize_weights(model: nn.Module, config: QuantizationConfig, device: torch
     The targeted modules' tensors are taken first, then process_before_weight_loading swaps the
     modules (on the live model), then create_quantized_param gets each module's float tensors.
     """
-    from qcore.loading import compute_dtypes
-
     hooks = registry().hook(config)
     modules = select_modules(model, config)
     hooks.validate_environment(config=config, device_map=device, model=model, modules=modules)
@@ -109,33 +107,56 @@ def quantize_weights(model: nn.Module, config: QuantizationConfig, device: torch
     for name, tensors in float_tensors.items():
         check_finite(name, tensors)
     dtypes = compute_dtypes(model, modules)
-    tied = _tied_targets(model, modules)
+    tied = tied_weights(model) & {f"{name}.weight" for name in modules}
     hooks.process_before_weight_loading(model=model, config=config, modules=modules, pre_quantized=False, metadata={})
     for name, module_config in modules.items():
         tensors = float_tensors.pop(name)
         target = torch.device(device) if device is not None else tensors["weight"].device
-        handled = hooks.create_quantized_param(
-            model=model, module_name=name, module=get_module(model, name), tensors=tensors,
-            config=module_config, device=target, pre_quantized=False, dtype=dtypes[name],
-        )
-        if not handled:
-            raise QcoreError(f"no plugin quantized module {name!r} (create_quantized_param returned None)")
+        create_module(hooks, model, name, tensors, module_config, target, False, dtypes[name])
     if tied:
-        from qcore.loading import _untie
-
-        _untie(model)
+        untie_output_head(model)
     hooks.process_after_weight_loading(model=model, config=config)
     return mark_quantized(model, config, modules)
 
 
-def _tied_targets(model: nn.Module, modules: dict[str, QuantizationConfig]) -> list[str]:
-    """Targeted modules whose weight is shared with another module (a tied output head)."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
-        if weight is not None:
-            owners.setdefault(id(weight), []).append(name)
-    return [n for names in owners.values() if len(names) > 1 for n in names if n in modules]
+def create_module(hooks: Any, model: nn.Module, name: str, tensors: dict[str, torch.Tensor], config: QuantizationConfig,
+                  device: torch.device, pre_quantized: bool, dtype: torch.dtype) -> None:
+    """One module through create_quantized_param (float tensors checked for NaN/Inf first), in every path."""
+    if not pre_quantized:
+        check_finite(name, tensors)
+    handled = hooks.create_quantized_param(
+        model=model, module_name=name, module=get_module(model, name), tensors=tensors,
+        config=config, device=device, pre_quantized=pre_quantized, dtype=dtype,
+    )
+    if not handled:
+        raise QcoreError(f"no plugin built the quantized module {name!r} (create_quantized_param returned None)")
+
+
+def tied_weights(model: nn.Module) -> set[str]:
+    """Names of the parameters shared with another name (a tied output head), as accelerate finds them."""
+    from accelerate.utils import find_tied_parameters
+
+    return {name for group in find_tied_parameters(model) for name in group}
+
+
+def compute_dtypes(model: nn.Module, modules: dict[str, QuantizationConfig]) -> dict[str, torch.dtype]:
+    """Module name -> the dtype its float weight has in the skeleton: the compute dtype its plugin must keep."""
+    dtypes = {}
+    for name in modules:
+        weight = getattr(get_module(model, name), "weight", None)
+        dtypes[name] = weight.dtype if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point else torch.float32
+    return dtypes
+
+
+
+def untie_output_head(model: nn.Module) -> None:
+    """The output head is quantized separately from the embedding: record that the model is untied."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config) and getattr(text_config(), "tie_word_embeddings", False):
+        text_config().tie_word_embeddings = False
 
 
 def dequantize(model: nn.Module) -> nn.Module:

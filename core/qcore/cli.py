@@ -118,7 +118,7 @@ def _parse_value(raw: str) -> Any:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import qcore
     from qcore.plugins import preset_config
-    from qcore.saving import looks_like_checkpoint, parse_size
+    from qcore.saving import check_target, parse_size
 
     if bool(args.method) == bool(args.preset):
         raise QcoreError("give exactly one of --method or --preset (see `qcore plugins` for both)")
@@ -136,15 +136,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for what in ("nsamples", "seqlen"):
         if getattr(args, what) < 1:
             raise QcoreError(f"--{what} must be a positive integer, got {getattr(args, what)}")
-    src, dst = Path(args.src), Path(args.dst)
-    if dst.exists() and src.exists() and dst.resolve() == (src if src.is_dir() else src.parent).resolve():
-        raise QcoreError(f"{args.dst} is the source checkpoint; write the quantized model to another directory")
+    src = Path(args.src)
     overwrite = "force" if args.force else args.overwrite
-    if dst.exists() and not overwrite:
-        raise QcoreError(f"{args.dst} already exists; choose another path or pass --overwrite")
-    if dst.exists() and overwrite is True and not looks_like_checkpoint(dst):
-        raise QcoreError(f"{args.dst} holds files that are not a checkpoint; --overwrite replaces only checkpoints "
-                         "(add --force to replace it anyway)")
+    check_target(Path(args.dst), overwrite, source=src if src.is_dir() else src.parent)
     if args.calibration and not Path(args.calibration).is_file():
         raise QcoreError(f"calibration file {args.calibration} does not exist")
     tokenizer = _load_tokenizer(args.src, args.trust_remote_code)
@@ -158,7 +152,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         )
     else:
         model = qcore.load_quantized(args.src, quantization_config=config, trust_remote_code=args.trust_remote_code)
-    model.qcore_source = None  # checked above; the CLI allows dst beside src
     out = qcore.save_quantized(model, args.dst, overwrite=overwrite, tokenizer=tokenizer, max_shard_size=max_shard_size)
     print(f"wrote {out} ({config.quant_method}, {len(model.qcore_modules)} modules quantized)")
     return 0

@@ -127,7 +127,7 @@ def save_quantized(
     if overwrite not in (False, True, "force"):
         raise ConfigError(f"overwrite must be False, True or 'force', got {overwrite!r}")
     max_bytes = parse_size(max_shard_size)
-    _check_target(model, target, overwrite)
+    check_target(target, overwrite, getattr(model, "qcore_source", None))
     qconfig = getattr(model, "qcore_config", None)
     state = quantized_state_dict(model)
     file_metadata = _file_metadata(model, qconfig, state)
@@ -190,12 +190,14 @@ def looks_like_checkpoint(path: Path) -> bool:
     return not entries or any(e.name in (SINGLE_NAME, INDEX_NAME) or e.suffix == ".safetensors" for e in entries)
 
 
-def _check_target(model: nn.Module, target: Path, overwrite: bool | str) -> None:
-    """Refuse, before any work, a target that may not be written."""
-    source = getattr(model, "qcore_source", None)
+def check_target(target: Path, overwrite: bool | str, source: str | Path | None = None) -> None:
+    """Refuse, before any work, a target that may not be written (save_quantized and ``qcore quantize`` both ask).
+
+    :param source: the checkpoint the model was loaded from; saving over it is refused.
+    """
     if source is not None and target.exists() and target.resolve() == Path(source).resolve():
         raise TargetExistsError(
-            f"{target} is the checkpoint this model was loaded from; save to another directory "
+            f"{target} is the source checkpoint this model was loaded from; save to another directory "
             "(replacing the source would lose it if anything goes wrong)"
         )
     _check_replaceable(target, overwrite)
@@ -205,7 +207,7 @@ def _check_replaceable(target: Path, overwrite: bool | str) -> None:
     if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
-        raise TargetExistsError(f"{target} already exists; choose another path or pass overwrite=True")
+        raise TargetExistsError(f"{target} already exists; choose another path or pass overwrite=True (CLI: --overwrite)")
     if target.is_symlink() or not target.is_dir():
         raise TargetExistsError(f"{target} exists and is not a directory; qcore replaces only checkpoint directories")
     if overwrite != "force" and not looks_like_checkpoint(target):

@@ -14,8 +14,8 @@ STATE = f"{MODULE}.weight.quant_state.bitsandbytes__nf4"
 
 
 @pytest.fixture(scope="module")
-def nf4_dir(tiny_float_dir, tmp_path_factory):
-    model = qcore.load_quantized(tiny_float_dir, "bnb-nf4", progress=False)
+def nf4_dir(float_dir, tmp_path_factory):
+    model = qcore.load_quantized(float_dir, "bnb-nf4", progress=False)
     return qcore.save_quantized(model, tmp_path_factory.mktemp("nf4") / "ckpt")
 
 
@@ -92,7 +92,7 @@ def test_hf_config_round_trips_through_transformers():
     assert back == ours
 
 
-def test_llm_int8_skip_modules_maps_onto_targeting(tiny_float_dir):
+def test_llm_int8_skip_modules_maps_onto_targeting(float_dir):
     cfg = qcore.config("bitsandbytes", load_in_8bit=True, llm_int8_skip_modules=[r"model\.layers\.\d+\.mlp", "lm_head"])
-    model = qcore.load_quantized(tiny_float_dir, cfg, progress=False)
+    model = qcore.load_quantized(float_dir, cfg, progress=False)
     assert not any(".mlp." in n for n in model.qcore_modules) and "model.layers.0.self_attn.q_proj" in model.qcore_modules

@@ -16,11 +16,11 @@ def tokens():
 
 
 @pytest.fixture(scope="module")
-def upstream_checkpoints(tiny_float_dir, tmp_path_factory):
+def upstream_checkpoints(float_dir, tmp_path_factory):
     """Checkpoints written by transformers + bitsandbytes (qcore never touched them)."""
     root = tmp_path_factory.mktemp("upstream")
     for kind in KINDS:
-        upstream_model(tiny_float_dir, kind).save_pretrained(root / kind)
+        upstream_model(float_dir, kind).save_pretrained(root / kind)
     return root
 
 
@@ -34,8 +34,8 @@ def test_upstream_checkpoint_loads_with_identical_logits(upstream_checkpoints, k
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_on_the_fly_quantization_writes_the_upstream_checkpoint(upstream_checkpoints, tiny_float_dir, kind, tmp_path):
-    model = qcore.load_quantized(tiny_float_dir, QCORE_PRESET[kind], progress=False)
+def test_on_the_fly_quantization_writes_the_upstream_checkpoint(upstream_checkpoints, float_dir, kind, tmp_path):
+    model = qcore.load_quantized(float_dir, QCORE_PRESET[kind], progress=False)
     ours = load_file(str(qcore.save_quantized(model, tmp_path / kind) / "model.safetensors"))
     theirs = load_file(str(upstream_checkpoints / kind / "model.safetensors"))
     assert ours.keys() == theirs.keys()
@@ -44,16 +44,16 @@ def test_on_the_fly_quantization_writes_the_upstream_checkpoint(upstream_checkpo
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_transformers_loads_our_checkpoint_with_identical_logits(tiny_float_dir, kind, tmp_path, tokens):
-    model = qcore.load_quantized(tiny_float_dir, QCORE_PRESET[kind], progress=False)
+def test_transformers_loads_our_checkpoint_with_identical_logits(float_dir, kind, tmp_path, tokens):
+    model = qcore.load_quantized(float_dir, QCORE_PRESET[kind], progress=False)
     path = qcore.save_quantized(model, tmp_path / kind)
     theirs = upstream_model(path)
     with torch.no_grad():
         assert torch.equal(theirs(tokens).logits, model(tokens).logits)
 
 
-def test_saving_after_inference_is_unchanged_unlike_bitsandbytes(tiny_float_dir, tmp_path, tokens):
-    model = qcore.load_quantized(tiny_float_dir, "bnb-nf4", progress=False)
+def test_saving_after_inference_is_unchanged_unlike_bitsandbytes(float_dir, tmp_path, tokens):
+    model = qcore.load_quantized(float_dir, "bnb-nf4", progress=False)
     before = load_file(str(qcore.save_quantized(model, tmp_path / "before") / "model.safetensors"))
     with torch.no_grad():
         model(tokens)

@@ -19,8 +19,8 @@ class LoRA(nn.Module):
         return self.base(x) + (x @ self.a.t()) @ self.b.t()
 
 
-def test_lora_on_4bit_trains_and_gradients_reach_the_inputs(tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, "bnb-nf4", progress=False)
+def test_lora_on_4bit_trains_and_gradients_reach_the_inputs(float_dir):
+    model = qcore.load_quantized(float_dir, "bnb-nf4", progress=False)
     assert qcore.is_trainable(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -46,8 +46,8 @@ def test_lora_on_4bit_trains_and_gradients_reach_the_inputs(tiny_float_dir):
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.uint8
 
 
-def test_gradient_through_4bit_linear_matches_the_dequantized_weight(tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, "bnb-nf4", progress=False)
+def test_gradient_through_4bit_linear_matches_the_dequantized_weight(float_dir):
+    model = qcore.load_quantized(float_dir, "bnb-nf4", progress=False)
     layer = model.model.layers[0].mlp.down_proj
     x = torch.randn(3, layer.in_features, requires_grad=True)
     layer(x).sum().backward()

@@ -13,8 +13,8 @@ MODULE = "model.layers.0.self_attn.q_proj"
 
 
 @pytest.fixture(scope="module")
-def hqq_checkpoint(tmp_path_factory, tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config="hqq-4bit-g64", progress=False)
+def hqq_checkpoint(tmp_path_factory, float_dir):
+    model = qcore.load_quantized(float_dir, quantization_config="hqq-4bit-g64", progress=False)
     return qcore.save_quantized(model, tmp_path_factory.mktemp("bad") / "q")
 
 
@@ -46,10 +46,10 @@ def test_shape_of_another_model_is_a_mismatch(tmp_path, hqq_checkpoint):
         qcore.load_quantized(broken, progress=False)
 
 
-def test_group_size_that_does_not_divide_the_layer_names_it(tiny_float_dir):
+def test_group_size_that_does_not_divide_the_layer_names_it(float_dir):
     # 64 * 64 values: 4096 is not a multiple of 48... only a multiple-of-8 group size can be asked for
     with pytest.raises(ConfigError, match=r"model\.layers\.0\.self_attn\.q_proj: group_size 40 does not divide"):
-        qcore.load_quantized(tiny_float_dir, quantization_config=qcore.config("hqq", group_size=40), progress=False)
+        qcore.load_quantized(float_dir, quantization_config=qcore.config("hqq", group_size=40), progress=False)
 
 
 @pytest.mark.parametrize("kwargs,key", [

@@ -49,8 +49,8 @@ def test_hqq_written_checkpoint_gives_hqqs_logits(tmp_path, monkeypatch, nbits, 
         torch.testing.assert_close(loaded(TOKENS).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_qcore_checkpoint_loads_in_hqq(tmp_path, tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=qcore.config("hqq", nbits=4, group_size=64),
+def test_qcore_checkpoint_loads_in_hqq(tmp_path, float_dir):
+    model = qcore.load_quantized(float_dir, quantization_config=qcore.config("hqq", nbits=4, group_size=64),
                                  progress=False)
     path = qcore.save_quantized(model, tmp_path / "q")
     config = json.loads((path / "config.json").read_text())["quantization_config"]
@@ -93,8 +93,8 @@ def test_tensors_on_the_fly_equal_hqqs_own(tmp_path):
         assert mine[key].dtype == theirs[key].dtype and torch.equal(mine[key], theirs[key]), key
 
 
-def test_bfloat16_model_stores_bfloat16_scales_like_hqq(tmp_path, tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config="hqq-4bit-g64", torch_dtype=torch.bfloat16,
+def test_bfloat16_model_stores_bfloat16_scales_like_hqq(tmp_path, float_dir):
+    model = qcore.load_quantized(float_dir, quantization_config="hqq-4bit-g64", torch_dtype=torch.bfloat16,
                                  progress=False)
     path = qcore.save_quantized(model, tmp_path / "bf16")
     tensors = load_file(str(path / "model.safetensors"))

@@ -37,16 +37,16 @@ def test_flat_keys_and_bits_alias():
     assert qcore.config("hqq", group_size=-1).group_size is None
 
 
-def test_skip_modules_is_the_skip_list(tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=qcore.config("hqq", skip_modules=["lm_head", "o_proj"]),
+def test_skip_modules_is_the_skip_list(float_dir):
+    model = qcore.load_quantized(float_dir, quantization_config=qcore.config("hqq", skip_modules=["lm_head", "o_proj"]),
                                  progress=False)
     assert not any(name.endswith("o_proj") for name in model.qcore_modules)
     assert type(get_module(model, "model.layers.0.self_attn.o_proj")) is torch.nn.Linear
 
 
-def test_module_overrides_give_a_layer_its_own_nbits(tmp_path, tiny_float_dir):
+def test_module_overrides_give_a_layer_its_own_nbits(tmp_path, float_dir):
     config = qcore.config("hqq", module_overrides={"down_proj": {"nbits": 8}})
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=config, progress=False)
+    model = qcore.load_quantized(float_dir, quantization_config=config, progress=False)
     down = get_module(model, "model.layers.0.mlp.down_proj")
     up = get_module(model, "model.layers.0.mlp.up_proj")
     assert (down.meta.nbits, down.meta.round_zero) == (8, False)  # round_zero follows nbits, as in hqq

@@ -16,8 +16,8 @@ class LoraLinear(torch.nn.Module):
         return self.base(x) + x @ self.A.T @ self.B.T
 
 
-def test_lora_adapter_trains_on_hqq_model(tiny_float_dir):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config="hqq-4bit-g64", progress=False)
+def test_lora_adapter_trains_on_hqq_model(float_dir):
+    model = qcore.load_quantized(float_dir, quantization_config="hqq-4bit-g64", progress=False)
     assert qcore.is_trainable(model)
     for p in model.parameters():
         p.requires_grad_(False)

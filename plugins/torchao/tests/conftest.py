@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random llama and the checkpoints transformers + torchao write for it (the oracle)."""
+"""Shared fixtures: the checkpoints transformers + torchao write for the tiny llama of the root conftest (the oracle)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,17 @@ from torchao_helpers import hf_load, hf_quantize, torchao_configs
 
 
 @pytest.fixture(scope="session")
-def tiny_float_dir(tmp_path_factory) -> Path:
-    from qcore.testdata import tiny_llama
-
-    path = tmp_path_factory.mktemp("torchao") / "float"
-    tiny_llama().save_pretrained(path)
-    return path
+def tiny_float_model(float_dir: Path):
+    return hf_load(float_dir)
 
 
 @pytest.fixture(scope="session")
-def tiny_float_model(tiny_float_dir: Path):
-    return hf_load(tiny_float_dir)
-
-
-@pytest.fixture(scope="session")
-def hf_checkpoints(tiny_float_dir: Path, tmp_path_factory) -> dict[str, Path]:
+def hf_checkpoints(float_dir: Path, tmp_path_factory) -> dict[str, Path]:
     """preset name -> directory of the checkpoint transformers + torchao wrote for the same config."""
     root = tmp_path_factory.mktemp("hf-torchao")
     out = {}
     for name, ao_config in torchao_configs().items():
-        hf_quantize(tiny_float_dir, ao_config, root / name)
+        hf_quantize(float_dir, ao_config, root / name)
         out[name] = root / name
     return out
 

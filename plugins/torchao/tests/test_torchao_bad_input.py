@@ -104,9 +104,9 @@ def test_config_json_disagreeing_with_the_tensors(hf_checkpoints, tmp_path):
         qcore.load_quantized(path, progress=False)
 
 
-def test_float_checkpoint_labelled_torchao(tiny_float_dir, hf_checkpoints, tmp_path):
+def test_float_checkpoint_labelled_torchao(float_dir, hf_checkpoints, tmp_path):
     path = tmp_path / "c"
-    shutil.copytree(tiny_float_dir, path)
+    shutil.copytree(float_dir, path)
     config = json.loads((path / "config.json").read_text())
     config["quantization_config"] = json.loads((hf_checkpoints["torchao-int8wo"] / "config.json").read_text())["quantization_config"]
     (path / "config.json").write_text(json.dumps(config))

@@ -44,8 +44,8 @@ def test_transformers_checkpoint_loads_with_identical_logits(preset, hf_checkpoi
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_quantizing_in_qcore_writes_the_tensors_transformers_writes(preset, tiny_float_dir, hf_checkpoints, tmp_path):
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=preset, progress=False)
+def test_quantizing_in_qcore_writes_the_tensors_transformers_writes(preset, float_dir, hf_checkpoints, tmp_path):
+    model = qcore.load_quantized(float_dir, quantization_config=preset, progress=False)
     ours = all_tensors(qcore.save_quantized(model, tmp_path / "q"))
     theirs = all_tensors(hf_checkpoints[preset])
     assert ours.keys() == theirs.keys()
@@ -57,9 +57,9 @@ def test_quantizing_in_qcore_writes_the_tensors_transformers_writes(preset, tiny
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_qcore_checkpoint_with_torchao_metadata_loads_in_transformers(preset, tiny_float_dir, hf_checkpoints, tmp_path, tokens):
+def test_qcore_checkpoint_with_torchao_metadata_loads_in_transformers(preset, float_dir, hf_checkpoints, tmp_path, tokens):
     """save_quantized writes torchao's metadata (the checkpoint_metadata hook): transformers + torchao read it."""
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=preset, progress=False)
+    model = qcore.load_quantized(float_dir, quantization_config=preset, progress=False)
     path = qcore.save_quantized(model, tmp_path / "q")
     ours, theirs = file_metadata(path / "model.safetensors"), file_metadata(hf_checkpoints[preset] / "model.safetensors")
     assert ours.keys() == theirs.keys()
@@ -74,9 +74,9 @@ def test_qcore_checkpoint_with_torchao_metadata_loads_in_transformers(preset, ti
         assert torch.equal(again(tokens).logits, model(tokens).logits)
 
 
-def test_sharded_transformers_checkpoint_loads(tiny_float_dir, tmp_path, tokens):
+def test_sharded_transformers_checkpoint_loads(float_dir, tmp_path, tokens):
     path = tmp_path / "sharded"
-    theirs = hf_quantize(tiny_float_dir, torchao_configs()["torchao-intx4-g32"], path, max_shard_size="20KB")
+    theirs = hf_quantize(float_dir, torchao_configs()["torchao-intx4-g32"], path, max_shard_size="20KB")
     assert len(list(path.glob("*.safetensors"))) > 2
     ours = qcore.load_quantized(path, progress=False)
     with torch.no_grad():
@@ -84,9 +84,9 @@ def test_sharded_transformers_checkpoint_loads(tiny_float_dir, tmp_path, tokens)
 
 
 @pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32"])
-def test_bfloat16_checkpoint_loads_in_bfloat16(preset, tiny_float_dir, tmp_path, tokens):
+def test_bfloat16_checkpoint_loads_in_bfloat16(preset, float_dir, tmp_path, tokens):
     path = tmp_path / "bf16"
-    hf_quantize(tiny_float_dir, torchao_configs()[preset], path, dtype=torch.bfloat16)
+    hf_quantize(float_dir, torchao_configs()[preset], path, dtype=torch.bfloat16)
     theirs = hf_load(path, dtype=torch.bfloat16)
     ours = qcore.load_quantized(path, torch_dtype=torch.bfloat16, progress=False)
     layer = ours.get_submodule("model.layers.0.mlp.up_proj")
@@ -96,17 +96,17 @@ def test_bfloat16_checkpoint_loads_in_bfloat16(preset, tiny_float_dir, tmp_path,
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_on_the_fly_in_bfloat16_matches_transformers(preset, tiny_float_dir, tokens):
+def test_on_the_fly_in_bfloat16_matches_transformers(preset, float_dir, tokens):
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
     theirs = AutoModelForCausalLM.from_pretrained(
-        tiny_float_dir, quantization_config=TorchAoConfig(torchao_configs()[preset]), dtype=torch.bfloat16).eval()
-    ours = qcore.load_quantized(tiny_float_dir, quantization_config=preset, torch_dtype=torch.bfloat16, progress=False)
+        float_dir, quantization_config=TorchAoConfig(torchao_configs()[preset]), dtype=torch.bfloat16).eval()
+    ours = qcore.load_quantized(float_dir, quantization_config=preset, torch_dtype=torch.bfloat16, progress=False)
     with torch.no_grad():
         assert torch.equal(ours(tokens).logits, theirs(tokens).logits)
 
 
-def test_quantizing_streams_one_layer_at_a_time(tiny_float_dir, monkeypatch):
+def test_quantizing_streams_one_layer_at_a_time(float_dir, monkeypatch):
     """Each layer is quantized when its tensors arrive, never the whole float model at once."""
     import qcore_torchao.quantize as quantize_module
 
@@ -119,12 +119,12 @@ def test_quantizing_streams_one_layer_at_a_time(tiny_float_dir, monkeypatch):
         return original(weight, ao_config)
 
     monkeypatch.setattr(quantize_module, "_quantize_linear_weight", spy)
-    model = qcore.load_quantized(tiny_float_dir, quantization_config="torchao-int8wo", progress=False)
+    model = qcore.load_quantized(float_dir, quantization_config="torchao-int8wo", progress=False)
     assert len(seen) == len(model.qcore_modules) == 14
 
 
-def test_in_memory_quantize_matches_transformers(tiny_float_dir, hf_checkpoints, tmp_path):
-    model = qcore.load_quantized(tiny_float_dir, progress=False)
+def test_in_memory_quantize_matches_transformers(float_dir, hf_checkpoints, tmp_path):
+    model = qcore.load_quantized(float_dir, progress=False)
     qcore.quantize(model, "torchao-intx4-g32")
     ours = all_tensors(qcore.save_quantized(model, tmp_path / "q"))
     theirs = all_tensors(hf_checkpoints["torchao-intx4-g32"])

@@ -79,19 +79,19 @@ def test_embedding_quantization_is_refused_clearly():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal; this machine has a CUDA GPU")
-def test_cuda_only_config_names_the_device_it_needs(tiny_float_dir, tmp_path):
+def test_cuda_only_config_names_the_device_it_needs(float_dir, tmp_path):
     config = qcore.config("torchao", quant_type="Int4WeightOnlyConfig")
     with pytest.raises(ConfigError, match="Int4WeightOnlyConfig needs a CUDA GPU.*Int8WeightOnlyConfig"):
-        qcore.load_quantized(tiny_float_dir, quantization_config=config, progress=False)
+        qcore.load_quantized(float_dir, quantization_config=config, progress=False)
 
 
-def test_group_size_that_does_not_divide_a_layer_is_refused_before_loading(tiny_float_dir):
+def test_group_size_that_does_not_divide_a_layer_is_refused_before_loading(float_dir):
     from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
 
     config = qcore.config("torchao", quant_type=IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(48)))
     with pytest.raises(ConfigError, match=r"model\.layers\.0\.\w+\.\w+_proj"):
-        qcore.load_quantized(tiny_float_dir, quantization_config=config, progress=False)
+        qcore.load_quantized(float_dir, quantization_config=config, progress=False)
 
 
 @pytest.mark.parametrize(("installed", "message"), [(None, "not installed: pip install torchao==0.18.0"),
@@ -117,33 +117,33 @@ def test_torchao_missing_or_too_old(monkeypatch, installed, message):
         require_torchao.cache_clear()
 
 
-def test_cli_quantize_by_config_name(tiny_float_dir, hf_checkpoints, tmp_path, capsys):
+def test_cli_quantize_by_config_name(float_dir, hf_checkpoints, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert qcore_main(["quantize", str(tiny_float_dir), str(out), "--method", "torchao",
+    assert qcore_main(["quantize", str(float_dir), str(out), "--method", "torchao",
                        "--option", "quant_type=Int8WeightOnlyConfig"]) == 0
     ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(hf_checkpoints["torchao-int8wo"] / "model.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_cli_quantize_with_a_preset(tiny_float_dir, hf_checkpoints, tmp_path):
+def test_cli_quantize_with_a_preset(float_dir, hf_checkpoints, tmp_path):
     out = tmp_path / "cli"
-    assert qcore_main(["quantize", str(tiny_float_dir), str(out), "--preset", "torchao-intx4-g32"]) == 0
+    assert qcore_main(["quantize", str(float_dir), str(out), "--preset", "torchao-intx4-g32"]) == 0
     ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(hf_checkpoints["torchao-intx4-g32"] / "model.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_cli_unknown_config_name_is_one_clear_line(tiny_float_dir, tmp_path, capsys):
-    assert qcore_main(["quantize", str(tiny_float_dir), str(tmp_path / "x"), "--method", "torchao",
+def test_cli_unknown_config_name_is_one_clear_line(float_dir, tmp_path, capsys):
+    assert qcore_main(["quantize", str(float_dir), str(tmp_path / "x"), "--method", "torchao",
                        "--option", "quant_type=Int8WeightOnly"]) == 1
     err = capsys.readouterr().err
     assert "qcore: error: quant_type 'Int8WeightOnly' is not a torchao config" in err and "Int8WeightOnlyConfig" in err
     assert not (tmp_path / "x").exists()
 
 
-def test_per_module_override_uses_another_torchao_config(tiny_float_dir, tmp_path):
+def test_per_module_override_uses_another_torchao_config(float_dir, tmp_path):
     config = qcore.config("torchao", quant_type="Int8WeightOnlyConfig",
                           module_overrides={"down_proj": {"quant_type": "Float8WeightOnlyConfig"}})
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=config, progress=False)
+    model = qcore.load_quantized(float_dir, quantization_config=config, progress=False)
     assert type(model.get_submodule("model.layers.0.mlp.down_proj").weight).__name__ == "Float8Tensor"
     assert type(model.get_submodule("model.layers.0.mlp.up_proj").weight).__name__ == "Int8Tensor"
     path = qcore.save_quantized(model, tmp_path / "mixed")

@@ -95,10 +95,10 @@ def test_fast_path_can_be_switched_off():
 
 
 @pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32"])
-def test_decoding_with_the_kernels_then_saving_gives_the_same_checkpoint(preset, tiny_float_dir, tmp_path):
+def test_decoding_with_the_kernels_then_saving_gives_the_same_checkpoint(preset, float_dir, tmp_path):
     from safetensors.torch import load_file
 
-    model = qcore.load_quantized(tiny_float_dir, quantization_config=preset, progress=False)
+    model = qcore.load_quantized(float_dir, quantization_config=preset, progress=False)
     before = load_file(str(qcore.save_quantized(model, tmp_path / "before") / "model.safetensors"))
     prompt = torch.arange(5).reshape(1, 5)
     with torch.no_grad():

@@ -25,11 +25,14 @@ from upstream import UPSTREAM_LOADERS  # benchmarks/upstream.py: one loader per 
 
 BIG_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                   num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
+BIG_DIR = "synthetic-llama-1b"
 PPL_TOKENS = 2048
 UPSTREAM = ["gptqmodel-w4g128", *UPSTREAM_LOADERS]
 # gptqmodel 7.7 needs torch >= 2.14.1 (a CUDA build of several GB on PyPI), so it lives in its own
 # env (tox -e gptq-interop); its row runs there, found here or through QCORE_GPTQMODEL_PYTHON.
 GPTQMODEL_ENV_HINT = "build its env first: tox -e gptq-interop --notest (or set QCORE_GPTQMODEL_PYTHON)"
+LLAMACPP_HINT = ("pip install llama-cpp-python==0.3.36 (builds llama.cpp, ~10 minutes on 2 cores) in this env "
+                 "or set QCORE_LLAMACPP_PYTHON to a Python that has it")
 
 
 # --- measurements inside a worker process ------------------------------------------------------
@@ -58,10 +61,32 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors"))
 
 
-def _quality_and_speed(model: Any, tokenizer: Any, text: str | None) -> dict[str, Any]:
+def _decode_bytes(model: Any) -> int:
+    """Bytes one decoded token reads: every parameter and buffer once, except an input embedding that is not
+    also the output head (decoding gathers one row of it)."""
+    seen: dict[int, int] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    total = sum(seen.values())
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    embedding = get_in() if get_in else None
+    head = get_out() if get_out else None
+    if embedding is not None and getattr(embedding, "weight", None) is not None:
+        tied = head is not None and getattr(head, "weight", None) is not None and \
+            head.weight.data_ptr() == embedding.weight.data_ptr()
+        if not tied:
+            total -= embedding.weight.numel() * embedding.weight.element_size()
+    return total
+
+
+def _quality_and_speed(model: Any, tokenizer: Any, text: str | None, speed: bool = True) -> dict[str, Any]:
     from qcore.evaluate import decode_latency, perplexity, prefill_throughput
 
     out: dict[str, Any] = {}
+    if not speed:  # a fake-quantized upstream row (float weights): only its quality means anything
+        out["perplexity"] = perplexity(model, tokenizer, text, max_tokens=PPL_TOKENS)["perplexity"]
+        return out
+    out["decode_bytes"] = _decode_bytes(model)
     if text is not None and tokenizer is not None:
         out["perplexity"] = perplexity(model, tokenizer, text, max_tokens=PPL_TOKENS)["perplexity"]
         out["decode_ms_per_token"] = decode_latency(model, tokenizer, new_tokens=16)["ms_per_token"]
@@ -173,18 +198,22 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         result["load_peak_rss"] = _peak_since(baseline)
         result["size_bytes"] = _size(src) * (2 if job["dtype"] == "bfloat16" else 4) // 4
     elif kind == "qcore":
-        config = qcore.plugins.preset_config(name)
-        if type(config).requires_calibration and tokenizer is not None:
+        preset = job.get("preset", name)
+        config = qcore.plugins.config_from_dict({**qcore.registry().presets[preset], **job.get("overrides", {})}, strict=True)
+        if type(config).requires_calibration and tokenizer is not None and not job.get("rtn"):
             model = qcore.load_quantized(src, progress=False)
             qcore.quantize(model, config, calibration=calibration_text(), tokenizer=tokenizer, nsamples=16, seqlen=512,
                            progress=False)
             result["calibrated"] = True
         else:  # includes GPTQ on the random-weight model: no text, so round-to-nearest while loading
-            if type(config).requires_calibration:
-                result["name"] = f"{name} (RTN, no data)"
+            if type(config).requires_calibration and not job.get("rtn"):
+                result["name"] = name.replace(preset, f"{preset} (RTN, no data)")
             model = qcore.load_quantized(src, config, progress=False)
         result["quantize_s"] = time.perf_counter() - start
         result["quantize_peak_rss"] = _peak_since(baseline)
+        profile = _calibration_profile(model)
+        if profile:
+            result["calibration_profile"] = profile
         out = Path(job["out"])
         qcore.save_quantized(model, out, overwrite=True)
         result["size_bytes"] = _size(out)
@@ -194,10 +223,28 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         model = qcore.load_quantized(out, progress=False)
         result["load_s"] = time.perf_counter() - start
         result["load_peak_rss"] = _peak_since(baseline)
+    elif kind == "llamacpp":
+        import llamacpp  # benchmarks/llamacpp.py
+
+        result.update(llamacpp.measure(src, job["quant"], Path(job["out"]), tokenizer=job.get("tokenizer"),
+                                       text=text, ppl_tokens=PPL_TOKENS))
+        return result
     else:
         model = _upstream(job, tokenizer, result, baseline, start)
-    result.update(_quality_and_speed(model, tokenizer, text))
+    from upstream import FAKE_QUANT
+
+    result.update(_quality_and_speed(model, tokenizer, text, speed=name not in FAKE_QUANT))
     return result
+
+
+def _calibration_profile(model: Any) -> dict[str, float] | None:
+    """Seconds per calibration phase, when the core's calibration driver recorded them."""
+    try:
+        from qcore.calibration import last_profile
+    except ImportError:
+        return None
+    profile = last_profile()
+    return dict(profile) if profile else None
 
 
 def _upstream(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], baseline: int, start: float) -> Any:
@@ -205,8 +252,13 @@ def _upstream(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], basel
 
     if job["name"].startswith("gptqmodel"):
         return _gptqmodel(job, tokenizer, result, baseline, start)
+    from upstream import FAKE_QUANT
+
     model = UPSTREAM_LOADERS[job["name"]](Path(job["src"]))
-    result["quantize_s"] = result["load_s"] = time.perf_counter() - start
+    result["quantize_s"] = time.perf_counter() - start
+    if job["name"] in FAKE_QUANT:  # float weights holding quantized values: neither size nor load means anything
+        return model
+    result["load_s"] = result["quantize_s"]
     result["load_peak_rss"] = result["quantize_peak_rss"] = _peak_since(baseline)
     result["size_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return model
@@ -250,13 +302,27 @@ def gptqmodel_python() -> str | None:
 
 
 # --- orchestration -------------------------------------------------------------------------------
+def llamacpp_python() -> str | None:
+    """The Python of an env where llama_cpp imports: QCORE_LLAMACPP_PYTHON, else this one if it has llama_cpp."""
+    explicit = os.environ.get("QCORE_LLAMACPP_PYTHON")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("llama_cpp") else None
+
+
 def run_job(job: dict[str, Any], timeout: int) -> dict[str, Any]:
-    python, env = sys.executable, None
+    python, env = sys.executable, {**os.environ, **job.get("env", {})}
     if job["name"].startswith("gptqmodel"):
         python = gptqmodel_python()
         if python is None:
-            return {"name": job["name"], "kind": job["kind"], "error": f"gptqmodel needs torch >= 2.14.1: {GPTQMODEL_ENV_HINT}"}
-        env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "CUDA_VISIBLE_DEVICES": ""}
+            return {"name": job["name"], "kind": job["kind"], "error": f"gptqmodel is not installed here: {GPTQMODEL_ENV_HINT}"}
+        env.update(GPTQMODEL_CPU_WORKERS="2", CUDA_VISIBLE_DEVICES="")
+    elif job["kind"] == "llamacpp":
+        python = llamacpp_python()
+        if python is None:
+            return {"name": job["name"], "kind": job["kind"], "error": f"llama-cpp-python is not installed: {LLAMACPP_HINT}"}
     cmd = [python, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -275,7 +341,7 @@ def synthetic_llama(directory: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    target = directory / "synthetic-llama-1b"
+    target = directory / BIG_DIR
     if (target / "model.safetensors.index.json").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)
@@ -308,6 +374,21 @@ def synthetic_llama(directory: Path) -> Path:
     return target
 
 
+def copy_bandwidth_gb_per_s() -> float:
+    """This machine's memory bandwidth as torch sees it: bytes read + written per second copying 256 MiB
+    (best of 5, torch's thread count)."""
+    import torch
+
+    src = torch.ones(64 * 2**20)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -322,63 +403,86 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem / 2**30, 1), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+            "python": platform.python_version(), "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(),
+            "copy_gb_per_s": round(copy_bandwidth_gb_per_s(), 1)}
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     base = next((r for r in rows if r["name"] == "float32" and "error" not in r), None)
     if base is None:
         return
+    ratios = {"size_ratio": ("size_bytes", False), "decode_speedup": ("decode_ms_per_token", True),
+              "prefill_ratio": ("prefill_tokens_per_s", False), "load_rss_ratio": ("load_peak_rss", False),
+              "ppl_ratio": ("perplexity", False)}
     for r in rows:
         if "error" in r:
             continue
-        r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
-        r["decode_speedup"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
-        r["prefill_ratio"] = r["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
-        r["load_rss_ratio"] = r["load_peak_rss"] / max(base["load_peak_rss"], 1)
-        if "perplexity" in r and "perplexity" in base:
-            r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
+        for ratio, (key, inverse) in ratios.items():
+            if key in r and base.get(key):
+                r[ratio] = base[key] / r[key] if inverse else r[key] / base[key]
+        if r.get("decode_bytes") and r.get("decode_ms_per_token"):
+            r["decode_gb_per_s"] = r["decode_bytes"] / r["decode_ms_per_token"] / 1e6
+
+
+def _header(m: dict[str, Any]) -> list[str]:
+    return ["# Benchmarks", "",
+            f"Generated by `tox -e bench` (`python benchmarks/bench.py`) on {m['date']}: {m['cpu']}, {m['cores']} cores "
+            f"({m.get('threads', m['cores'])} torch threads), {m['memory_gb']} GB RAM, torch {m['torch']}, Python {m['python']}, "
+            f"no GPU; copy bandwidth {m.get('copy_gb_per_s', '–')} GB/s (read + write, torch `copy_` of 256 MiB). "
+            "Every ratio is against the float32 row of the same table. Each row is measured in a fresh process; "
+            "`--only ROW...` re-measures some rows and keeps the rest, so rows of one table may come from different runs "
+            "on this shared, noisy machine (compare the ratios, and see docs/kernels.md for interleaved measurements). "
+            "Peak RSS is VmHWM after imports; transformers memory-maps a float32 checkpoint, so its pages count only once "
+            "touched.", "",
+            "Perplexity: GPL-3 text, first 2048 tokens, windows of 512 ([protocol](evaluation.md)); calibration (GPTQ, "
+            "AWQ, and AutoAWQ/gptqmodel on the same windows): 16×512 tokens of other licence texts. Size: safetensors "
+            "bytes on disk for qcore and float rows (qcore keeps the tensors it does not quantize, SmolLM2's tied "
+            "embedding and the norms, in the checkpoint's float32), GGUF bytes for llama.cpp, the bytes of the "
+            "quantized state dict in memory for other upstream rows. *decode GB/s*: the bytes one decoded token reads "
+            "(every weight once; an untied input embedding only one row) over the decode time, to compare with the copy "
+            "bandwidth above. `+int8-act`: the same checkpoint with `QCORE_INT8_ACTIVATIONS=1` (activations quantized to "
+            "int8 per 64 values and integer dot products, as llama.cpp does; docs/kernels.md).", "",
+            "Upstream rows: transformers + bitsandbytes 0.50.2 (nf4 with double quant and float32 compute; LLM.int8); "
+            "gptqmodel (4-bit, group 128, sym, same calibration windows) in its own env (`tox -e gptq-interop`), loaded "
+            "through transformers with its torch kernel; AutoAWQ 0.2.9 (4-bit g64, same windows; its search and "
+            "quantizer, kept as float weights, so only perplexity and time are shown); hqq 0.2.8 HQQLinear 4-bit g64 on "
+            "the float32 model (transformers refuses HQQ); transformers + torchao 0.18 (`TorchAoConfig` while loading); "
+            "optimum-quanto int8; llama.cpp through llama-cpp-python (GGUF converted from the same safetensors with its "
+            "convert_hf_to_gguf.py, then quantized by llama.cpp; its own tokenizer path is not used: the same token ids "
+            "are fed). On the random-weight 1.1B model there is no text: calibration methods run as round-to-nearest "
+            "while loading and no perplexity is measured.", ""]
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    return fmt.format(row[key] / scale) if row.get(key) is not None else "–"
 
 
 def markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lines = ["# Benchmarks", "",
-             f"Generated by `tox -e bench` (`python benchmarks/bench.py`) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
-             f"{m['memory_gb']} GB RAM, torch {m['torch']}, Python {m['python']}, no GPU. Every ratio is against the "
-             "float32 row of the same run. Peak RSS is measured in a fresh process per row (VmHWM after imports); "
-             "transformers memory-maps a float32 checkpoint, so its pages count only once touched (after the load).",
-             "", "Perplexity: GPL-3 text, first 2048 tokens, windows of 512 ([protocol](evaluation.md)); "
-             "calibration (GPTQ): 16×512 tokens of other licence texts. Size: safetensors bytes on disk for qcore and "
-             "float rows; for upstream rows, the bytes of the quantized model's state dict in memory. qcore keeps the "
-             "tensors it does not quantize (SmolLM2's tied 49152 × 576 embedding, norms) in the checkpoint's dtype, "
-             "float32 here; gptqmodel saves them in float16, hence its smaller file.", "",
-             "Upstream rows: transformers 5.23 + bitsandbytes 0.50.2 (nf4 with double quant and float32 compute, "
-             "LLM.int8); gptqmodel 7.7.0 (GPTQ 4-bit, group 128, sym, on the same calibration windows as qcore) runs "
-             "in its own env, `tox -e gptq-interop`, because it needs torch 2.14.1, and is loaded through transformers "
-             "with its torch kernel (its default CPU kernel refuses 576 inputs with group 128); hqq 4-bit group 64, "
-             "torchao int8 weight-only and optimum-quanto int8 are applied to the float32 model directly "
-             "(transformers 5.23 refuses HQQ; quanto's models cannot be saved through transformers 5). "
-             "GPTQ on the random-weight 1.1B model has no text to calibrate on, so it runs as round-to-nearest while "
-             "loading.", ""]
+    lines = _header(results["machine"])
     for model_name, rows in results["models"].items():
         lines += [f"## {model_name}", "",
-                  "| method | kind | size MB | size × | ppl | ppl × | decode ms/tok | decode × | prefill tok/s | quantize s | "
-                  "quantize peak MB | load s | load peak MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | kind | size MB | size × | ppl | ppl × | decode ms/tok | decode × | decode GB/s | prefill tok/s | "
+                  "prefill × | quantize s | quantize peak MB | load s | load peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['name']} | {r['kind']} | failed: {r['error'].replace('|', '/')} |||||||||||")
+                lines.append(f"| {r['name']} | {r['kind']} | failed: {r['error'].replace('|', '/')} |||||||||||||")
                 continue
-
-            def f(key: str, fmt: str = "{:.2f}", scale: float = 1.0, row: dict = r) -> str:
-                return fmt.format(row[key] / scale) if key in row else "–"
-
-            lines.append(
-                f"| {r['name']} | {r['kind']} | {f('size_bytes', '{:.0f}', 1e6)} | {f('size_ratio')} | {f('perplexity')} | "
-                f"{f('ppl_ratio', '{:.3f}')} | {f('decode_ms_per_token', '{:.1f}')} | {f('decode_speedup')} | "
-                f"{f('prefill_tokens_per_s', '{:.0f}')} | {f('quantize_s', '{:.1f}')} | {f('quantize_peak_rss', '{:.0f}', 2**20)} | "
-                f"{f('load_s')} | {f('load_peak_rss', '{:.0f}', 2**20)} |")
+            cells = [_cell(r, "size_bytes", "{:.0f}", 1e6), _cell(r, "size_ratio"), _cell(r, "perplexity"),
+                     _cell(r, "ppl_ratio", "{:.3f}"), _cell(r, "decode_ms_per_token", "{:.1f}"), _cell(r, "decode_speedup"),
+                     _cell(r, "decode_gb_per_s", "{:.1f}"), _cell(r, "prefill_tokens_per_s", "{:.0f}"),
+                     _cell(r, "prefill_ratio"), _cell(r, "quantize_s", "{:.1f}"), _cell(r, "quantize_peak_rss", "{:.0f}", 2**20),
+                     _cell(r, "load_s"), _cell(r, "load_peak_rss", "{:.0f}", 2**20)]
+            lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(cells) + " |")
         lines.append("")
+        profiled = [r for r in rows if r.get("calibration_profile")]
+        if profiled:
+            phases = sorted({p for r in profiled for p in r["calibration_profile"]})
+            lines += [f"Calibration time by phase ({model_name}, seconds, as recorded by `qcore.calibration.last_profile()`):", "",
+                      "| method | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+            for r in profiled:
+                lines.append(f"| {r['name']} | " + " | ".join(_cell(r["calibration_profile"], p, "{:.1f}") for p in phases) + " |")
+            lines.append("")
     if results.get("kernels"):
         lines += [f"## Kernels: one layer ({KERNEL_LAYER} of SmolLM2-135M, 576 × 1536)", "",
                   "Forward of one quantized layer at 1 row (decoding) and 64 rows (prefill), median of repeats, each path in "
@@ -410,7 +514,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [r for r in results["models"].get("SmolLM2-135M", []) if "error" not in r and "perplexity" in r]
+    rows = [r for r in results["models"].get("SmolLM2-135M", [])
+            if "error" not in r and "perplexity" in r and "size_bytes" in r and "decode_ms_per_token" in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
         color = "tab:blue" if r["kind"] == "qcore" else "tab:gray" if r["kind"] == "float" else "tab:orange"
@@ -447,18 +552,36 @@ def memory_checks(rows: list[dict[str, Any]], float_bytes: int, largest_tensor: 
     return notes
 
 
+# SmolLM2 rows that answer a question about a preset: what GPTQ's options are worth against round-to-nearest
+VARIANTS = {"gptq-w4g128 no-GAR": {"preset": "gptq-w4g128", "overrides": {"act_group_aware": False}},
+            "gptq-w4g128 RTN": {"preset": "gptq-w4g128", "rtn": True},
+            "awq-w4g64 RTN": {"preset": "awq-w4g64", "rtn": True}}
+INT8_ACT = " +int8-act"  # a row suffix: the same preset with QCORE_INT8_ACTIVATIONS=1 (docs/kernels.md)
+LLAMACPP_QUANTS = ("Q4_0", "Q8_0")
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", nargs="*", help="qcore presets (default: every installed one)")
     parser.add_argument("--upstream", nargs="*", default=UPSTREAM, help=f"upstream rows (default: {' '.join(UPSTREAM)})")
+    parser.add_argument("--int8-act", nargs="*", default=["bnb-nf4", "gptq-w4g128"],
+                        help=f"presets also measured with int8 activations (rows '<preset>{INT8_ACT}')")
+    parser.add_argument("--llamacpp", nargs="*", default=list(LLAMACPP_QUANTS),
+                        help="llama.cpp GGUF types measured on both models (rows 'llama.cpp-<type>'), where installed")
     parser.add_argument("--skip-big", action="store_true", help="skip the synthetic ~1.1B model")
-    parser.add_argument("--big-presets", nargs="*", default=["bnb-nf4", "bnb-int8", "gptq-w4g128"],
-                        help="presets run on the ~1.1B model (no calibration there: GPTQ runs as RTN)")
+    parser.add_argument("--big-presets", nargs="*",
+                        default=["bnb-nf4", "bnb-int8", "gptq-w4g128", "gptq-w8", "fp8-block128", "hqq-4bit-g64",
+                                 "torchao-int8wo", "torchao-intx4-g32"],
+                        help="presets run on the ~1.1B model (no calibration there: GPTQ and AWQ run as RTN)")
+    parser.add_argument("--big-upstream", nargs="*", default=["transformers-bnb-nf4"], help="upstream rows on the ~1.1B model")
+    parser.add_argument("--only", nargs="*",
+                        help="measure only these rows (names as in the tables) and merge them into the existing "
+                             "results.json; every other row is kept as it was")
     parser.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks/ go (default: docs)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
-def kernel_series(float_dir: Path, saved: Path, presets: list[str], timeout: int) -> list[dict[str, Any]]:
+def kernel_jobs(float_dir: Path, saved: Path, presets: list[str], int8_act: list[str]) -> list[dict[str, Any]]:
     """Per-layer kernel timings: float baselines, each saved qcore preset native and plain torch, bitsandbytes."""
     jobs = [{"name": "float32 F.linear", "path": "float", "dtype": "float32", "src": str(float_dir)},
             {"name": "bfloat16 F.linear", "path": "float", "dtype": "bfloat16", "src": str(float_dir)}]
@@ -466,14 +589,39 @@ def kernel_series(float_dir: Path, saved: Path, presets: list[str], timeout: int
         for native in (True, False):
             jobs.append({"name": f"{preset} ({'native' if native else 'plain torch'})", "path": "qcore", "native": native,
                          "src": str(saved / preset)})
+    for preset in int8_act:
+        if preset in presets:
+            jobs.append({"name": f"{preset} (native{INT8_ACT})", "path": "qcore", "src": str(saved / preset),
+                         "env": {"QCORE_INT8_ACTIVATIONS": "1"}})
     jobs.append({"name": "bitsandbytes nf4 (its CPU kernel)", "path": "bitsandbytes", "src": str(float_dir)})
-    rows = []
     for job in jobs:
         job["kind"] = "kernel"
-        print(f"[kernels] {job['name']} ...", flush=True)
-        rows.append(run_job(job, timeout))
-        print(f"    {json.dumps({k: v for k, v in rows[-1].items() if k != 'module'})}", flush=True)
-    return rows
+    return jobs
+
+
+def model_jobs(model_name: str, src: Path, tokenizer: Path | None, work: Path, presets: list[str], int8_act: list[str],
+               upstream: list[str], llamacpp: list[str]) -> list[dict[str, Any]]:
+    jobs = [{"name": "float32", "kind": "float", "dtype": "float32"}, {"name": "bfloat16", "kind": "float", "dtype": "bfloat16"}]
+    jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in presets]
+    jobs += [{"name": p + INT8_ACT, "preset": p, "kind": "qcore", "out": str(work / model_name / p),
+              "env": {"QCORE_INT8_ACTIVATIONS": "1"}} for p in int8_act if p in presets]
+    if tokenizer is not None:
+        jobs += [{"name": v, "kind": "qcore", "out": str(work / model_name / v), **spec}
+                 for v, spec in VARIANTS.items() if spec["preset"] in presets]
+    jobs += [{"name": u, "kind": "upstream", "out": str(work / model_name / u)} for u in upstream]
+    jobs += [{"name": f"llama.cpp-{q}", "kind": "llamacpp", "quant": q, "out": str(work / model_name / "gguf")} for q in llamacpp]
+    for job in jobs:
+        job.update(src=str(src), tokenizer=str(tokenizer) if tokenizer else None)
+    return jobs
+
+
+def _merge(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Replace the row measured by the same job, or append."""
+    for i, old in enumerate(rows):
+        if old.get("job", old["name"]) == row["job"]:
+            rows[i] = row
+            return
+    rows.append(row)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -484,39 +632,54 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     out = Path(args.out)
+    results_path = out / "benchmarks" / "results.json"
     work = cache_dir() / "bench"
     small = smollm2_checkpoint()
-    presets = args.presets if args.presets is not None else sorted(p for p in qcore.registry().presets if not p.startswith("example"))
-    results: dict[str, Any] = {"machine": machine(), "models": {}, "memory_checks": []}
+    installed = qcore.registry().presets
+    presets = args.presets if args.presets is not None else sorted(p for p in installed if not p.startswith("example"))
+    only = set(args.only) if args.only is not None else None
+    results: dict[str, Any] = {"models": {}, "memory_checks": []}
+    if only is not None and results_path.exists():
+        results = json.loads(results_path.read_text())
+    results["machine"] = machine()
 
-    def series(model_name: str, src: Path, tokenizer: Path | None, preset_list: list[str], upstream: list[str]) -> list[dict]:
-        jobs = [{"name": "float32", "kind": "float", "dtype": "float32"}, {"name": "bfloat16", "kind": "float", "dtype": "bfloat16"}]
-        jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in preset_list]
-        jobs += [{"name": u, "kind": "upstream", "out": str(work / model_name / u)} for u in upstream]
-        rows = []
+    def write() -> None:
+        results["memory_checks"] = []
+        for model_name, rows in results["models"].items():
+            add_ratios(rows)
+            sizes = {"SmolLM2-135M": (_size(small), 49152 * 576 * 4)}
+            if model_name in sizes:
+                results["memory_checks"] += memory_checks(rows, *sizes[model_name], model_name)
+            elif "1.1B" in model_name and (work / BIG_DIR).exists():
+                results["memory_checks"] += memory_checks(rows, _size(work / BIG_DIR), 32000 * 2048 * 4, "llama-1.1B")
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, out / "benchmarks" / "size_vs_ppl.png")
+        (out / "benchmarks.md").write_text(markdown(results))
+
+    def run(section: list[dict[str, Any]], jobs: list[dict[str, Any]], label: str) -> None:
         for job in jobs:
-            job.update(src=str(src), tokenizer=str(tokenizer) if tokenizer else None)
-            print(f"[{model_name}] {job['name']} ...", flush=True)
-            rows.append(run_job(job, args.timeout))
-            print(f"    {json.dumps({k: v for k, v in rows[-1].items() if k not in ('kind',)})}", flush=True)
-        add_ratios(rows)
-        return rows
+            if only is not None and job["name"] not in only:
+                continue
+            print(f"[{label}] {job['name']} ...", flush=True)
+            row = run_job(job, args.timeout)
+            row["job"] = job["name"]
+            _merge(section, row)
+            print(f"    {json.dumps({k: v for k, v in row.items() if k not in ('kind', 'module')})}", flush=True)
+            write()
 
-    rows = series("SmolLM2-135M", small, small, presets, args.upstream)
-    results["models"]["SmolLM2-135M"] = rows
-    results["memory_checks"] += memory_checks(rows, _size(small), 49152 * 576 * 4, "SmolLM2-135M")
-    results["kernels"] = kernel_series(small, work / "SmolLM2-135M", [r["name"] for r in rows if r["kind"] == "qcore" and "error" not in r],
-                                       args.timeout)
+    small_rows = results["models"].setdefault("SmolLM2-135M", [])
+    run(small_rows, model_jobs("SmolLM2-135M", small, small, work, presets, args.int8_act, args.upstream, args.llamacpp),
+        "SmolLM2-135M")
+    saved = [r.get("job", r["name"]) for r in small_rows if "error" not in r and r.get("job", r["name"]) in presets]
+    run(results.setdefault("kernels", []), kernel_jobs(small, work / "SmolLM2-135M", saved, args.int8_act), "kernels")
     if not args.skip_big:
         big = synthetic_llama(work)
-        big_rows = series("synthetic llama 1.1B (random weights)", big, None,
-                          [p for p in args.big_presets if p in qcore.registry().presets], ["transformers-bnb-nf4"])
-        results["models"]["synthetic llama 1.1B (random weights)"] = big_rows
-        results["memory_checks"] += memory_checks(big_rows, _size(big), 32000 * 2048 * 4, "llama-1.1B")
-    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, out / "benchmarks" / "size_vs_ppl.png")
-    (out / "benchmarks.md").write_text(markdown(results))
+        name = "synthetic llama 1.1B (random weights)"
+        big_presets = [p for p in args.big_presets if p in installed]
+        run(results["models"].setdefault(name, []),
+            model_jobs(name, big, None, work, big_presets, args.int8_act, args.big_upstream, args.llamacpp), name)
+    write()
     print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks'}/")
     return 0
 

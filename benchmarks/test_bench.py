@@ -2,7 +2,7 @@
 
 import json
 
-from bench import add_ratios, markdown, memory_checks, run_job
+from bench import _merge, add_ratios, main, markdown, memory_checks, run_job
 
 
 def rows():
@@ -17,9 +17,35 @@ def rows():
 
 def test_ratios_are_against_float32():
     r = rows()
+    r[1]["decode_bytes"] = 50_000_000
+    r.append({"name": "fake-quant", "kind": "upstream", "perplexity": 21.0, "quantize_s": 3.0})
     add_ratios(r)
     assert r[1]["size_ratio"] == 0.25 and r[1]["decode_speedup"] == 2.0 and r[1]["ppl_ratio"] == 1.1
     assert r[1]["prefill_ratio"] == 0.5 and "size_ratio" not in r[2]
+    assert r[1]["decode_gb_per_s"] == 10.0  # 50 MB in 5 ms
+    assert r[3]["ppl_ratio"] == 21.0 / 20.0 and "decode_speedup" not in r[3]
+    assert "| fake-quant | upstream | – | – | 21.00 | 1.050 | – |" in markdown(
+        {"machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gb": 1, "torch": "t", "python": "p"}, "models": {"t": r}})
+
+
+def test_a_re_measured_row_replaces_the_old_one_in_place():
+    r = rows()
+    _merge(r, {"name": "m4 (RTN, no data)", "job": "m4", "kind": "qcore", "error": "new"})
+    _merge(r, {"name": "new", "job": "new", "kind": "qcore", "error": "x"})
+    assert [x["name"] for x in r] == ["float32", "m4 (RTN, no data)", "broken", "new"]
+
+
+def test_only_keeps_every_other_row_of_the_last_run(tmp_path):
+    r = rows()
+    add_ratios(r)
+    results = {"machine": {}, "models": {"SmolLM2-135M": r}, "kernels": [], "memory_checks": []}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "results.json").write_text(json.dumps(results))
+    assert main(["--only", "no-such-row", "--skip-big", "--out", str(tmp_path), "--llamacpp"]) == 0
+    kept = json.loads((tmp_path / "benchmarks" / "results.json").read_text())
+    assert [x["name"] for x in kept["models"]["SmolLM2-135M"]] == ["float32", "m4", "broken"]
+    assert kept["machine"]["copy_gb_per_s"] > 0
+    assert "| m4 | qcore |" in (tmp_path / "benchmarks.md").read_text()
 
 
 def test_markdown_lists_every_row_and_failures():
@@ -28,7 +54,7 @@ def test_markdown_lists_every_row_and_failures():
     results = {"machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gb": 1, "torch": "t", "python": "p"},
                "models": {"tiny": r}, "memory_checks": memory_checks(r, 400, 10, "tiny")}
     text = markdown(results)
-    assert "| m4 | qcore | 0 | 0.25 |" in text and "failed: ImportError: no" in text
+    assert "| m4 | qcore | 0 | 0.25 | 22.00 | 1.100 | 5.0 | 2.00 |" in text and "failed: ImportError: no" in text
     assert "OVER" in text  # the absurd quantize peak is flagged
     json.dumps(results)
 
@@ -59,3 +85,9 @@ def test_gptqmodel_row_without_its_env_says_how_to_build_it(monkeypatch, tmp_pat
     monkeypatch.setenv("QCORE_GPTQMODEL_PYTHON", str(tmp_path / "missing" / "python"))
     result = run_job({"name": "gptqmodel-w4g128", "kind": "upstream", "src": str(tmp_path)}, 60)
     assert "tox -e gptq-interop" in result["error"]
+
+
+def test_llamacpp_row_without_llama_cpp_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("QCORE_LLAMACPP_PYTHON", str(tmp_path / "missing" / "python"))
+    result = run_job({"name": "llama.cpp-Q4_0", "kind": "llamacpp", "quant": "Q4_0", "src": str(tmp_path)}, 60)
+    assert "pip install llama-cpp-python" in result["error"]

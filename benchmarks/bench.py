@@ -200,7 +200,9 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     elif kind == "qcore":
         preset = job.get("preset", name)
         config = qcore.plugins.config_from_dict({**qcore.registry().presets[preset], **job.get("overrides", {})}, strict=True)
-        if type(config).requires_calibration and tokenizer is not None and not job.get("rtn"):
+        if job.get("reuse_saved"):  # another kernel path for the checkpoint the preset's own row saved
+            model = None
+        elif type(config).requires_calibration and tokenizer is not None and not job.get("rtn"):
             model = qcore.load_quantized(src, progress=False)
             qcore.quantize(model, config, calibration=calibration_text(), tokenizer=tokenizer, nsamples=16, seqlen=512,
                            progress=False)
@@ -209,15 +211,16 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
             if type(config).requires_calibration and not job.get("rtn"):
                 result["name"] = name.replace(preset, f"{preset} (RTN, no data)")
             model = qcore.load_quantized(src, config, progress=False)
-        result["quantize_s"] = time.perf_counter() - start
-        result["quantize_peak_rss"] = _peak_since(baseline)
-        profile = _calibration_profile(model)
-        if profile:
-            result["calibration_profile"] = profile
         out = Path(job["out"])
-        qcore.save_quantized(model, out, overwrite=True)
+        if model is not None:
+            result["quantize_s"] = time.perf_counter() - start
+            result["quantize_peak_rss"] = _peak_since(baseline)
+            profile = _calibration_profile(model)
+            if profile:
+                result["calibration_profile"] = profile
+            qcore.save_quantized(model, out, overwrite=True)
+            del model
         result["size_bytes"] = _size(out)
-        del model
         baseline = _reset_peak()
         start = time.perf_counter()
         model = qcore.load_quantized(out, progress=False)
@@ -603,7 +606,7 @@ def model_jobs(model_name: str, src: Path, tokenizer: Path | None, work: Path, p
                upstream: list[str], llamacpp: list[str]) -> list[dict[str, Any]]:
     jobs = [{"name": "float32", "kind": "float", "dtype": "float32"}, {"name": "bfloat16", "kind": "float", "dtype": "bfloat16"}]
     jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in presets]
-    jobs += [{"name": p + INT8_ACT, "preset": p, "kind": "qcore", "out": str(work / model_name / p),
+    jobs += [{"name": p + INT8_ACT, "preset": p, "kind": "qcore", "out": str(work / model_name / p), "reuse_saved": True,
               "env": {"QCORE_INT8_ACTIVATIONS": "1"}} for p in int8_act if p in presets]
     if tokenizer is not None:
         jobs += [{"name": v, "kind": "qcore", "out": str(work / model_name / v), **spec}

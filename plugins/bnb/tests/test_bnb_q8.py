@@ -99,3 +99,28 @@ def test_the_linear_layer_uses_the_int8_path_when_asked(monkeypatch):
     assert calls == [1]
     exact = x.double() @ kernels.dequantize_4bit_reference(packed, absmax, 64, (64, 128), kernels.code_4bit("nf4")).double().T
     assert ((y.double() - exact).abs() <= error_bound(x, layer.dequantized_weight(), absmax, 64, layer.code)).all()
+
+
+@pytest.mark.parametrize(("rows", "n", "k", "blocksize"), [(1, 37, 576, 64), (1, 64, 1024, 128), (3, 21, 576, 192),
+                                                           (8, 9, 320, 64), (1, 8, 64, 64)])
+def test_int8_activation_gemm_is_the_int8_product_up_to_float32_rounding(variant, rows, n, k, blocksize):
+    """The kernel against its own definition in float64: x through quantize_rows_q8, the code through int8.
+
+    Catches any mix-up of the chunked layout (even/odd halves, the 64-value tail when k % 128 == 64, rows
+    computed four at a time, blocks spanning several 64-value sub-blocks) that the looser bound would hide."""
+    torch.manual_seed(11)
+    w = torch.randn(n, k)
+    from qcore_bnb import kernels
+
+    packed, absmax = kernels.quantize_4bit(w, blocksize, "nf4")  # any multiple of 64 (bitsandbytes: powers of 2)
+    code = kernels.code_4bit("nf4")
+    x = torch.randn(rows, k) * 2
+    x[:, 5] = -40.0
+    code_i8, scale_inv = lut4.int8_code(code)
+    got = torch.ops.qcore_bnb.lut4_gemm_q8(x, packed.view(-1), absmax, code_i8, scale_inv, n, k, blocksize)
+    q, dx = lut4.quantize_rows_q8(x)
+    xd = (q.double().view(rows, -1, 64) * dx.double().unsqueeze(-1)).view(rows, k)
+    nibbles = torch.stack([packed.view(-1) >> 4, packed.view(-1) & 15], 1).view(n, k).long()
+    wd = (code_i8.double() * scale_inv)[nibbles] * absmax.double().repeat_interleave(blocksize).view(n, k)
+    want = xd @ wd.T
+    assert ((got.double() - want).abs() <= 2e-6 * (xd.abs() @ wd.abs().T) + 1e-30).all()

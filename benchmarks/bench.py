@@ -229,8 +229,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     elif kind == "llamacpp":
         import llamacpp  # benchmarks/llamacpp.py
 
-        result.update(llamacpp.measure(src, job["quant"], Path(job["out"]), tokenizer=job.get("tokenizer"),
-                                       text=text, ppl_tokens=PPL_TOKENS))
+        result.update(llamacpp.llamacpp_row(src, job["quant"], Path(job["out"]), tokenizer=job.get("tokenizer"), text=text),
+                      name=name)
         return result
     else:
         model = _upstream(job, tokenizer, result, baseline, start)

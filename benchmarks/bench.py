@@ -559,6 +559,9 @@ def memory_checks(rows: list[dict[str, Any]], float_bytes: int, largest_tensor: 
 VARIANTS = {"gptq-w4g128 no-GAR": {"preset": "gptq-w4g128", "overrides": {"act_group_aware": False}},
             "gptq-w4g128 RTN": {"preset": "gptq-w4g128", "rtn": True},
             "awq-w4g64 RTN": {"preset": "awq-w4g64", "rtn": True}}
+# 1.1B rows: llama.cpp's Q4_0 quantizes the output head too (to Q6_K); this row does the same with NF4
+BIG_VARIANTS = {"bnb-nf4 +lm_head +int8-act": {"preset": "bnb-nf4", "overrides": {"modules_to_not_convert": []},
+                                               "env": {"QCORE_INT8_ACTIVATIONS": "1"}}}
 INT8_ACT = " +int8-act"  # a row suffix: the same preset with QCORE_INT8_ACTIVATIONS=1 (docs/kernels.md)
 LLAMACPP_QUANTS = ("Q4_0", "Q8_0")
 
@@ -608,9 +611,9 @@ def model_jobs(model_name: str, src: Path, tokenizer: Path | None, work: Path, p
     jobs += [{"name": p, "kind": "qcore", "out": str(work / model_name / p)} for p in presets]
     jobs += [{"name": p + INT8_ACT, "preset": p, "kind": "qcore", "out": str(work / model_name / p), "reuse_saved": True,
               "env": {"QCORE_INT8_ACTIVATIONS": "1"}} for p in int8_act if p in presets]
-    if tokenizer is not None:
-        jobs += [{"name": v, "kind": "qcore", "out": str(work / model_name / v), **spec}
-                 for v, spec in VARIANTS.items() if spec["preset"] in presets]
+    variants = VARIANTS if tokenizer is not None else BIG_VARIANTS
+    jobs += [{"name": v, "kind": "qcore", "out": str(work / model_name / v), **spec}
+             for v, spec in variants.items() if spec["preset"] in presets]
     jobs += [{"name": u, "kind": "upstream", "out": str(work / model_name / u)} for u in upstream]
     jobs += [{"name": f"llama.cpp-{q}", "kind": "llamacpp", "quant": q, "out": str(work / model_name / "gguf")} for q in llamacpp]
     for job in jobs:

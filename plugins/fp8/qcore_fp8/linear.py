@@ -9,7 +9,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from . import kernels
+from . import kernels, ops
+
+GEMV_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # float64 keeps its own precision (dequantize path)
 
 
 @functools.cache
@@ -29,8 +31,11 @@ class Fp8Linear(nn.Module):
     ``(ceil(out/bn), ceil(in/bk))``, a scalar per tensor; ``activation_scale`` (static scheme only,
     kept for saving); ``bias`` in the model's dtype. They are never modified after loading.
 
-    Paths: inference on CPU (and on CUDA without Triton) dequantizes into a per-thread scratch buffer
-    reused by every layer, then one ``F.linear``; on CUDA with Triton, a fused kernel decodes the FP8
+    Paths: inference on CPU with the plugin's binary runs up to 8 rows (decoding) through the FP8 GEMV
+    (:func:`ops.gemv`: FP8 decoded inside the product in float32, no dequantized copy, the output rounded
+    once to x's dtype) and more rows (prefill) dequantize with the C kernel into a per-thread scratch
+    buffer reused by every layer, then one ``F.linear``; without the binary (and on CUDA without Triton)
+    the torch path dequantizes into that buffer; on CUDA with Triton, a fused kernel decodes the FP8
     tiles in registers. With ``x.requires_grad`` (adapters on top) the weight is dequantized into a
     fresh tensor so autograd can keep it; the FP8 weight itself is frozen.
     """
@@ -68,7 +73,38 @@ class Fp8Linear(nn.Module):
                                         kernels.scales_to_float32(self.weight_scale_inv), self.block_size)
             y = y if bias is None else y + bias
             return y.reshape(*x.shape[:-1], self.out_features)
+        if x.device.type == "cpu" and self.weight.device.type == "cpu" and self.weight.is_contiguous() \
+                and ops.library() is not None:
+            return self._forward_native(x, bias)
         weight = kernels.dequantize_into_scratch(self.weight, self.weight_scale_inv, self.block_size, dtype)
+        return nn.functional.linear(x, weight, bias)
+
+    def _forward_native(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """CPU with the plugin's binary: up to ``ops.MAX_ROWS`` rows (decoding) through the FP8 GEMV (float32
+        product, rounded once to x's dtype); more rows (prefill) dequantize into this thread's reused buffer
+        with the C kernel (bit-identical to the torch path), then ``F.linear``."""
+        rows = x.numel() // self.in_features
+        block_n, block_k = self.block_size or (0, 0)
+        scales = self.weight_scale_inv
+        if scales.dtype != torch.float32 or not scales.is_contiguous():  # ue8m0 checkpoints: tiny, per call
+            scales = kernels.scales_to_float32(scales).contiguous()
+        if self.block_size is None and scales.dim():
+            scales = scales.reshape(())
+        compiling = torch.compiler.is_compiling()  # under torch.compile, through the dispatcher (the fake impls)
+        if 0 < rows <= ops.MAX_ROWS and x.dtype in GEMV_DTYPES:
+            x32 = x.reshape(rows, self.in_features)
+            if x32.dtype != torch.float32 or not x32.is_contiguous():
+                x32 = x32.to(torch.float32).contiguous()
+            gemv = torch.ops.qcore_fp8.gemv if compiling else ops.gemv
+            y = gemv(x32, self.weight, scales, block_n, block_k)
+            if bias is not None:
+                y = y.add_(bias)
+            return (y if x.dtype == torch.float32 else y.to(x.dtype)).view(*x.shape[:-1], self.out_features)
+        out_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        weight = kernels.SCRATCH.get(tuple(self.weight.shape), out_dtype, self.weight.device)
+        (torch.ops.qcore_fp8.dequantize if compiling else ops.dequantize)(self.weight, scales, block_n, block_k, weight)
+        if x.dtype != out_dtype:  # float16: the float32 weight rounded once, into its own reused buffer
+            weight = kernels.SCRATCH.get(tuple(self.weight.shape), x.dtype, self.weight.device).copy_(weight)
         return nn.functional.linear(x, weight, bias)
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:

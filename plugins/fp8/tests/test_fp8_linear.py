@@ -25,21 +25,63 @@ def reference_forward(layer, x):
     return torch.nn.functional.linear(x, weight, None if layer.bias is None else layer.bias.to(x.dtype))
 
 
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [1, 17])
 @pytest.mark.parametrize("block", [(128, 128), (32, 48), None])
-def test_inference_matches_the_reference_exactly(dtype, rows, block):
+def test_prefill_matches_the_reference_exactly(dtype, block):
+    """More than 8 rows: the dequantized weight (C kernel or torch) is bit-identical, then the same F.linear."""
     layer = make_layer(block=block, dtype=dtype)
-    x = torch.randn(2, rows, 200, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x = torch.randn(2, 17, 200, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         y = layer(x)
-    assert y.dtype == dtype and y.shape == (2, rows, 300)
+    assert y.dtype == dtype and y.shape == (2, 17, 300)
     assert torch.equal(y, reference_forward(layer, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (2, 4), (1, 8)])
+@pytest.mark.parametrize("block", [(128, 128), (32, 48), None])
+def test_decode_matches_the_float32_product_up_to_rounding(dtype, shape, block):
+    """Up to 8 rows go through the FP8 GEMV (with the binary): the float32 product x @ W.T with the exactly
+    dequantized weight, up to float32 summation order, plus bias, rounded once to the compute dtype. The
+    truth is float64 from the test's own dequantizer; the bound is k float32 roundings of sum |x||W| plus
+    one rounding of the output."""
+    layer = make_layer(block=block, dtype=dtype)
+    x = torch.randn(*shape, 200, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.dtype == dtype and y.shape == (*shape, 300)
+    w = reference_dequantize(layer.weight, layer.weight_scale_inv, layer.block_size).double()
+    x64 = x.double().reshape(-1, 200)
+    truth = x64 @ w.T + layer.bias.double()
+    bound = 200 * 2.0**-23 * (x64.abs() @ w.abs().T + layer.bias.double().abs()) + 2 * UNIT_ROUNDOFF[dtype] * truth.abs()
+    err = (y.double().reshape(-1, 300) - truth).abs()
+    assert bool((err <= bound).all()), float((err / bound).max())
+    if dtype != torch.float32:  # with float32 weights the result is at least as close as the dtype's own product
+        reference_err = (reference_forward(layer, x).double().reshape(-1, 300) - truth).abs()
+        assert float(err.mean()) <= 1.01 * float(reference_err.mean())
+
+
+def test_decode_runs_the_fp8_gemv_and_prefill_the_c_dequantize(monkeypatch):
+    from qcore_fp8 import ops
+
+    if ops.library() is None:
+        pytest.skip("the plugin was installed without its compiled kernels (no C compiler)")
+    calls = []
+    monkeypatch.setattr(ops, "gemv", lambda *a: calls.append("gemv") or torch.ops.qcore_fp8.gemv(*a))
+    monkeypatch.setattr(ops, "dequantize", lambda *a: calls.append("dequantize") or torch.ops.qcore_fp8.dequantize(*a))
+    layer = make_layer()
+    with torch.no_grad():
+        layer(torch.randn(1, 8, 200))
+        layer(torch.randn(1, 9, 200))
+    assert calls == ["gemv", "dequantize"]
 
 
 def test_scratch_buffer_is_reused_without_aliasing_outputs():
     small, big = make_layer(64, 40, seed=1), make_layer(300, 200, seed=2)
-    x_small, x_big = torch.randn(3, 40), torch.randn(3, 200)
+    x_small, x_big = torch.randn(13, 40), torch.randn(13, 200)
     with torch.no_grad():
         first = small(x_small)
         big(x_big)

@@ -48,3 +48,29 @@ def test_fp8_block128_on_smollm2(tmp_path):
     again = qcore.load_quantized(qcore.save_quantized(model, tmp_path / "fp8"), progress=False)
     with torch.no_grad():
         assert torch.equal(again(ids[:, :64]).logits, model(ids[:, :64]).logits)
+
+
+def test_decoding_through_the_fp8_gemv_follows_the_float32_model_with_the_same_weights():
+    """Token by token (1 row per linear: the C GEMV where the binary is built) with a KV cache, against the float32
+    model holding the same FP8-rounded weights: logits equal up to float32 summation order, same greedy tokens."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_checkpoint()
+    ids = AutoTokenizer.from_pretrained(path)(reference_text(), return_tensors="pt").input_ids[:, :12]
+    model = qcore.load_quantized(path, "fp8-block128", progress=False)
+    simulated = qcore.load_quantized(path, progress=False)
+    with torch.no_grad():
+        for name in linear_names(simulated):
+            layer = model.get_submodule(name)
+            simulated.get_submodule(name).weight.copy_(reference_dequantize(layer.weight, layer.weight_scale_inv, BLOCK))
+        out, ref = model(ids, use_cache=True), simulated(ids, use_cache=True)
+        assert torch.equal(out.logits, ref.logits)  # 12 rows: the prefill path, bit-identical weights
+        tokens = []
+        for _ in range(6):
+            token = ref.logits[:, -1:].argmax(-1)
+            tokens.append(int(token))
+            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            ref = simulated(token, past_key_values=ref.past_key_values, use_cache=True)
+            torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=2e-3)
+            assert int(out.logits[:, -1:].argmax(-1)) == int(ref.logits[:, -1:].argmax(-1))
+    assert len(set(tokens)) > 1

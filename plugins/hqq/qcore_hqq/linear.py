@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qcore import int4
+
 from . import kernels
 from .bitpack import pack
 from .format import HqqMeta, layer_tensors
@@ -14,12 +16,12 @@ class HqqLinear(nn.Module):
     """A quantized Linear: ``W ≈ (W_q - zero) * scale`` per group (hqq's layout and meta).
 
     Buffers: ``scale``, ``zero`` (hqq's grouped shapes, in the stored dtype) and the codes in one
-    resident layout: hqq's packed ``W_q``, or, for 4-bit layers that fit torch's CPU int4 GEMM,
-    ``W_int4`` + ``scales_and_offsets`` (:class:`qcore_hqq.kernels.Int4PackedWeight`). Saving
-    converts back to hqq's tensors (:meth:`hqq_tensors`), bit for bit.
+    resident layout: hqq's packed ``W_q``, or, for 4-bit and 8-bit axis-1 layers on the CPU, the kernel's
+    (:func:`qcore_hqq.kernels.fast_weight`, held in ``fast``; ``W_q`` is then None). Saving converts
+    back to hqq's tensors (:meth:`hqq_tensors`), bit for bit.
 
-    ``HqqLinear.use_fast_kernels = False`` makes every forward run the exact float32 reference
-    (dequantize + matmul) instead of the bfloat16 int4 GEMM.
+    ``HqqLinear.use_fast_kernels = False`` makes every forward run hqq's float32 arithmetic
+    (dequantize + matmul) instead of the int4 kernel.
     """
 
     use_fast_kernels = True
@@ -30,7 +32,7 @@ class HqqLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype = compute_dtype
         self.meta: HqqMeta | None = None
-        self.fast: kernels.Int4PackedWeight | None = None
+        self.fast: int4.Int4LutWeight | int4.Int4PackWeight | kernels.Int8GroupWeight | None = None
         for name in ("W_q", "scale", "zero"):
             self.register_buffer(name, torch.empty(0, dtype=torch.uint8 if name == "W_q" else compute_dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), requires_grad=False) if bias else None
@@ -43,30 +45,21 @@ class HqqLinear(nn.Module):
         self.scale, self.zero = scale.to(device), zero.to(device)
         if self.bias is not None and bias is not None:
             self.bias = nn.Parameter(bias.to(device=device, dtype=self.compute_dtype), requires_grad=False)
-        self.fast = None
-        if kernels.int4_fast_path_supported(meta, torch.device(device)):
-            codes = kernels.codes_of(W_q, meta).reshape(meta.shape)
-            groups = (meta.shape[0], meta.shape[1] // meta.group_size)
-            self.fast = kernels.Int4PackedWeight(codes, scale.reshape(groups), zero.reshape(groups), meta.group_size)
-            self.W_q = None  # one resident layout: the kernel's
-            self.register_buffer("W_int4", self.fast.packed)
-            self.register_buffer("scales_and_offsets", self.fast.scales_and_offsets)
-        else:
-            self.W_q = W_q.to(device)
+        self.fast = kernels.fast_weight(W_q, scale, zero, meta) if torch.device(device).type == "cpu" else None
+        self.W_q = None if self.fast is not None else W_q.to(device)  # one resident layout: the kernel's
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
-        # .to(device) and accelerate move the buffers; the kernel object must follow them, or
-        # leave the CPU layout for hqq's (any other device runs the reference).
-        moved = super()._apply(fn, recurse)
+        # .to(device) and accelerate: the kernel's layout is CPU-only, so a move elsewhere first
+        # restores hqq's W_q (which super() then moves) and drops it; a move that stays on the CPU
+        # moves the layout's tensors (their dtypes never change)
         if self.fast is not None:
-            if self.W_int4.device.type == "cpu":
-                self.fast.packed, self.fast.scales_and_offsets = self.W_int4, self.scales_and_offsets
-            else:
-                device = self.W_int4.device
-                self.W_q = self.hqq_packed_codes().to(device)  # from the CPU copy the kernel object still holds
-                del self.W_int4, self.scales_and_offsets
+            if fn(torch.empty(0)).device.type != "cpu":
+                self.W_q = self.hqq_packed_codes()
                 self.fast = None
-        return moved
+            else:
+                for name, t in self.fast.tensors().items():
+                    setattr(self.fast, name, fn(t).to(t.dtype))
+        return super()._apply(fn, recurse)
 
     # --- views of the weight ------------------------------------------------------------------
     def hqq_packed_codes(self) -> torch.Tensor:
@@ -78,7 +71,7 @@ class HqqLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """float (out, in)."""
         if self.fast is not None:
-            codes = self.fast.codes().float()
+            codes = self.fast.codes().float()  # exact, then hqq's own float32 arithmetic
             groups = (self.out_features, self.in_features // self.meta.group_size, self.meta.group_size)
             s = self.scale.float().reshape(groups[:2]).unsqueeze(-1)
             z = self.zero.float().reshape(groups[:2]).unsqueeze(-1)
@@ -94,6 +87,7 @@ class HqqLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.fast is not None and self.use_fast_kernels and x.device.type == "cpu"
                 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and x.numel() // x.shape[-1] <= self.fast.max_rows
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             y = self.fast.matmul(x)
         else:
@@ -102,7 +96,7 @@ class HqqLinear(nn.Module):
 
     def extra_repr(self) -> str:
         meta = self.meta
-        kernel = "int4-cpu" if self.fast is not None else "reference"
+        kernel = type(self.fast).__name__ if self.fast is not None else "reference"
         if meta is None:
             return f"in_features={self.in_features}, out_features={self.out_features} (not loaded)"
         return (f"in_features={self.in_features}, out_features={self.out_features}, nbits={meta.nbits}, "

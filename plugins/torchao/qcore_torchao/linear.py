@@ -15,8 +15,8 @@ class TorchAoLinear(nn.Linear):
 
     It is what ``quantize_`` makes of an nn.Linear (the weight parameter becomes the tensor
     subclass, torchao dispatches ``F.linear``), plus a CPU decode path: for at most
-    ``kernel.max_rows`` rows of input on the CPU, the weights torchao stores are multiplied with
-    torch's packed CPU kernels (:mod:`qcore_torchao.kernels`) where those are faster.
+    ``kernels.DECODE_ROWS`` rows of input on the CPU, the weights torchao stores are multiplied with
+    this package's compiled kernels (:mod:`qcore_torchao.kernels`) where those are faster.
     Set ``fast_cpu = False`` on a module (or the class) to always run torchao's path.
     """
 
@@ -44,7 +44,7 @@ class TorchAoLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_cpu and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
             kernel = self._kernel()
-            if kernel is not None and x.numel() // x.shape[-1] <= kernel.max_rows:
+            if kernel is not None and x.numel() // x.shape[-1] <= kernels.DECODE_ROWS:
                 y = kernel.matmul(x)
                 return y if self.bias is None else y + self.bias
         return nn.functional.linear(x, self.weight, self.bias)

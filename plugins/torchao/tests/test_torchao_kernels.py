@@ -1,7 +1,8 @@
 """The CPU decode kernels against a plain dequantize + matmul reference and against torchao's own path.
 
-The kernels take bfloat16 activations (see qcore_torchao.kernels): their outputs carry bfloat16
-rounding, a relative error of a few 1e-3; a wrong scale, zero point or group is off by O(1).
+The compiled kernels take float32 activations and accumulate in float32: their outputs agree with a
+float64 product to float32 rounding. Without the binary, torch's int4/int8 kernels run in bfloat16
+(a relative error of a few 1e-3); a wrong scale, zero point or group is off by O(1).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import torch
 from torch import nn
 
 import qcore
+from qcore import int4
 from qcore.testing import relative_error
 from qcore_torchao import kernels
 from qcore_torchao.linear import TorchAoLinear
+from qcore_torchao.ops import OPS
 from qcore_torchao.quantize import _quantize_linear_weight
 
-BF16_OUTPUT_ROUNDING = 3e-3  # bfloat16 keeps 8 significant bits: at most 2**-9 per element
 BF16_ERROR = 6e-3  # inputs and outputs rounded to bfloat16
+F32_ERROR = 1e-5  # float32 accumulation
 
 
 def reference_int4(x, qdata, scale, zero_point, group):
@@ -32,23 +35,33 @@ def test_int8_rowwise_kernel_matches_the_reference(rows):
     qdata = torch.randint(-128, 128, (96, 160), generator=g, dtype=torch.int8)
     scale = torch.rand(96, 1, generator=g) / 100
     x = torch.randn(rows, 160, generator=g)
-    y = kernels.Int8RowwiseCpu(qdata, scale).matmul(x)
+    kernel = int4.Int8RowWeight(qdata, scale, OPS)
+    assert kernel.weight.data_ptr() == qdata.data_ptr()  # torchao's own int8 tensor, no copy
+    y = kernel.matmul(x)
     assert y.dtype == torch.float32
-    rounded_input = (x.bfloat16().double() @ (qdata.double() * scale.double()).T).float()
-    assert relative_error(y, rounded_input) < BF16_OUTPUT_ROUNDING
-    assert relative_error(y, (x.double() @ (qdata.double() * scale.double()).T).float()) < BF16_ERROR
+    assert relative_error(y, (x.double() @ (qdata.double() * scale.double()).T).float()) < F32_ERROR
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("rows", [1, 5])
-def test_int4_grouped_kernel_matches_the_reference_with_zero_points(group, rows):
+@pytest.mark.parametrize("native", [True, False])
+def test_int4_grouped_kernel_matches_the_reference_with_zero_points(monkeypatch, native, group, rows):
+    from qcore import native as qnative
+
+    if not native:  # what a plugin installed without a C compiler gets
+        monkeypatch.setenv("QCORE_NATIVE", "0")
+        monkeypatch.setattr(qnative, "_loaded", {})
     g = torch.Generator().manual_seed(2)
     qdata = torch.randint(-8, 8, (64, 256), generator=g, dtype=torch.int8)
     scale = torch.rand(64, 256 // group, generator=g) / 10
     zero_point = torch.randint(-3, 4, (64, 256 // group), generator=g, dtype=torch.int8)
     x = torch.randn(rows, 256, generator=g)
-    y = kernels.Int4GroupedCpu(qdata, scale, zero_point, group).matmul(x)
-    assert relative_error(y, reference_int4(x, qdata, scale, zero_point, group)) < BF16_ERROR
+    kernel = kernels.int4_kernel(qdata, scale, zero_point, group)
+    assert type(kernel).__name__ == ("Int4LutWeight" if native else "Int4PackWeight")
+    assert torch.equal(kernel.codes().to(torch.int16) - 8, qdata.to(torch.int16))
+    y = kernel.matmul(x)
+    error = F32_ERROR if native else BF16_ERROR
+    assert relative_error(y, reference_int4(x, qdata, scale, zero_point, group)) < error
 
 
 def _torchao_weight(name: str, out_features=96, in_features=128, dtype=torch.float32):
@@ -76,7 +89,7 @@ def test_layer_uses_the_kernel_for_decode_rows_only(preset, dtype, monkeypatch):
             y = layer(x)
             expected = nn.functional.linear(x, weight, layer.bias)  # torchao's own path
             assert y.dtype == dtype and y.shape == expected.shape
-            assert relative_error(y, expected) < (BF16_ERROR if dtype == torch.float32 else 1e-2)
+            assert relative_error(y, expected) < (F32_ERROR if dtype == torch.float32 else 1e-2)
     assert calls == [(1, 1, 128), (2, 4, 128)]  # 15 rows went through torchao
 
 

@@ -34,7 +34,7 @@ def test_smollm2_int8_weight_only_perplexity_identical_to_transformers():
     float_model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     ppl_float = perplexity(float_model, tokenizer, text, max_tokens=256, window=128)["perplexity"]
     assert ppl_float < ppl_ours["perplexity"] < 1.02 * ppl_float  # int8 weights cost well under 2%
-    # a decode step goes through the plugin's CPU kernels (bfloat16 activations): close to torchao's float32 path
+    # a decode step goes through the plugin's CPU kernels (float32, the int8 GEMV): close to torchao's float32 path
     from qcore.testing import relative_error
 
     prompt = tokenizer("The licence gives you the freedom to", return_tensors="pt").input_ids

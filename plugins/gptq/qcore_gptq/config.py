@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qcore.config import QuantizationConfig
 from qcore.errors import ConfigError
 
 FORMATS = ("gptq", "gptq_v2")
+CALIBRATION_DTYPES = ("auto", "float32", "bfloat16")
+NOT_SAVED = ("calibration_dtype",)  # how the calibration ran, not what the tensors are
 
 
 @dataclass
@@ -18,6 +20,11 @@ class GPTQConfig(QuantizationConfig):
     loader reads) or "gptq_v2" (zero points stored as they are). ``act_group_aware``
     (default True, as gptqmodel): with ``desc_act=False``, columns are quantized in the
     group-aware order; it changes nothing in the saved layout.
+
+    ``calibration_dtype`` (qcore's, not written to config.json: it does not change the format):
+    the dtype of the block forwards during calibration, "auto" (bfloat16 where the hardware
+    multiplies it natively, else float32), "float32" or "bfloat16"; the Hessians and the solver are
+    float32 either way (see qcore.calibration).
     """
 
     quant_method = "gptq"
@@ -42,6 +49,7 @@ class GPTQConfig(QuantizationConfig):
     true_sequential: bool = True
     static_groups: bool = False
     checkpoint_format: str = "gptq"
+    calibration_dtype: str = field(default="auto", compare=False)
 
     def validate(self) -> None:
         super().validate()
@@ -51,8 +59,16 @@ class GPTQConfig(QuantizationConfig):
             raise ConfigError(f"group_size must be positive or -1 (one group per row), got {self.group_size}")
         if not 0 < self.damp_percent < 1:
             raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent}")
+        if self.calibration_dtype not in CALIBRATION_DTYPES:
+            raise ConfigError(f"calibration_dtype must be one of {CALIBRATION_DTYPES}, got {self.calibration_dtype!r}")
         if self.checkpoint_format not in FORMATS:
             raise ConfigError(f"checkpoint_format must be one of {FORMATS}, got {self.checkpoint_format!r}")
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        for key in NOT_SAVED:
+            out.pop(key, None)
+        return out
 
     @property
     def maxq(self) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quantizer import group_params, quantize_columns
+from .quantizer import group_params
 
 
 @dataclass
@@ -108,7 +108,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
     W, H = W[:, perm], H[perm][:, perm]
     Hinv = inverse_hessian_cholesky(H, damp_percent)
 
-    Q = torch.zeros_like(W, dtype=torch.int64)
+    Q = torch.zeros_like(W)  # integer codes, held as float until the end
     scales: dict[int, torch.Tensor] = {}
     zeros: dict[int, torch.Tensor] = {}
     scale = zero = None
@@ -116,12 +116,14 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
         i2 = min(i1 + blocksize, columns)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
+        diagonal = Hinv1.diagonal().tolist()
         for i in range(i2 - i1):
             col = i1 + i
             if static is not None:
                 group = int(perm[col]) // gs
                 scale, zero = static[group]
                 scales[group], zeros[group] = scale, zero
+                zero = zero.to(W.dtype)
             elif col in run_start:
                 group = run_start[col]
                 length = run_length[group]
@@ -130,12 +132,15 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
                 beyond = W[:, i2:i1 + i + length] - Err1 @ Hinv[i1:i2, i2:i1 + i + length]
                 scale, zero = group_params(torch.cat([W1[:, i:], beyond], dim=1)[:, :length], bits, sym, min_zero)
                 scales[group], zeros[group] = scale, zero
-            w, d = W1[:, i], Hinv1[i, i]
-            q = quantize_columns(w, scale, zero, maxq)
+                zero = zero.to(W.dtype)
+            # one column: the fewest tensor operations (this loop runs once per input column)
+            w = W1[:, i]
+            q = torch.clamp_(torch.round_(w / scale).add_(zero), 0, maxq)
             Q[:, col] = q
-            err = (w - scale * (q - zero)) / d
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
+            err = Err1[:, i]
+            torch.sub(w, q.sub_(zero).mul_(scale), out=err)
+            err.div_(diagonal[i])
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     if static is not None:
@@ -146,11 +151,20 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
     inverse = torch.argsort(perm)
     n_groups = -(-columns // gs)
     return GPTQResult(
-        q=Q[:, inverse],
+        q=Q[:, inverse].to(torch.int64),
         scales=torch.stack([scales[g] for g in range(n_groups)]),
         zeros=torch.stack([zeros[g] for g in range(n_groups)]),
         g_idx=g_idx,
     )
+
+
+def split_rows(result: GPTQResult, sizes: list[int]) -> list[GPTQResult]:
+    """The results of linears solved as one stacked weight (rows ``sizes[0]``, then ``sizes[1]``...), each its own."""
+    if len(sizes) == 1:
+        return [result]
+    return [GPTQResult(q=q.contiguous(), scales=s.contiguous(), zeros=z.contiguous(), g_idx=result.g_idx.clone())
+            for q, s, z in zip(result.q.split(sizes), result.scales.split(sizes, dim=1), result.zeros.split(sizes, dim=1),
+                               strict=True)]
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int, sym: bool = True, min_zero: int = 0) -> GPTQResult:

@@ -107,36 +107,88 @@ def process_after_weight_loading(model):
 
 
 # --- calibration --------------------------------------------------------------------------
+# The states of the linears the driver is calibrating together (one true-sequential group). Linears
+# whose Hessians came from the same inputs (q/k/v, gate/up) are solved as one stacked weight: GPTQ
+# treats rows independently given H, so this gives each the codes it would get alone, in one pass.
+_group: list[dict] = []
+_group_closed = False  # set by the group's first quantize_calibrated: the next calibration_init starts a new group
+
+
 @qcore.hookimpl
-def calibration_init(module):
+def calibration_init(module, config):
     import torch
 
-    return {"H": torch.zeros(module.in_features, module.in_features, dtype=torch.float32, device=module.weight.device), "n": 0}
+    global _group_closed
+    if _group_closed:
+        _group.clear()
+        _group_closed = False
+    state = {"H": torch.zeros(module.in_features, module.in_features, dtype=torch.float32, device=module.weight.device),
+             "n": 0, "module": module, "config": config, "sources": []}
+    _group.append(state)
+    return state
 
 
 @qcore.hookimpl
 def calibration_add_batch(state, inputs):
-    """H = 2/n * sum over samples of x x^T, accumulated as a running mean (the GPTQ reference)."""
-    x = inputs.reshape(-1, inputs.shape[-1]).float()
-    batch = inputs.shape[0] if inputs.dim() > 2 else 1
-    state["H"] *= state["n"] / (state["n"] + batch)
-    state["n"] += batch
-    x = x * (2 / state["n"]) ** 0.5
-    state["H"] += x.T @ x
+    """H = 2/n * sum over samples of x x^T, accumulated as a running mean (the GPTQ reference), in float32."""
+    from qcore.calibration import phase
+
+    from .hessian import shared_gram
+
+    with phase("hessian"):
+        batch = inputs.shape[0] if inputs.dim() > 2 else 1
+        state["H"] *= state["n"] / (state["n"] + batch)
+        state["n"] += batch
+        product, source = shared_gram(inputs)
+        state["H"].add_(product, alpha=2 / state["n"])
+        state["sources"].append(source)
+
+
+def _solve_together(state: dict, config: GPTQConfig) -> None:
+    """Run GPTQ for ``state``'s linear and every pending linear of its group with the same Hessian
+    (same inputs, config, width, dtype and device); leaves each one's rows in its state's ``result``."""
+    import torch
+
+    from .gptq import gptq_quantize, split_rows
+
+    weight = state["module"].weight
+    members = [state] + [
+        s for s in _group
+        if s is not state and "result" not in s and s["sources"] == state["sources"] and s["config"] == config
+        and s["module"].weight.shape[1] == weight.shape[1] and s["module"].weight.dtype == weight.dtype
+        and s["module"].weight.device == weight.device
+    ]
+    weights = [s["module"].weight for s in members]
+    result = gptq_quantize(torch.cat(weights) if len(weights) > 1 else weight, state["H"], config.bits,
+                           config.group_size, config.sym, config.desc_act, config.damp_percent, config.static_groups,
+                           min_zero=_min_zero(config), act_group_aware=config.act_group_aware)
+    for member, rows in zip(members, split_rows(result, [w.shape[0] for w in weights]), strict=True):
+        member["result"] = rows
+        member["H"] = None
 
 
 @qcore.hookimpl
 def quantize_calibrated(module_name, module, state, config):
-    from .gptq import gptq_quantize
+    from qcore.calibration import phase
 
+    from .hessian import forget_gram
+
+    global _group_closed
+    _group_closed = True
+    forget_gram()
     _check_packable(module_name, module, config)
-    result = gptq_quantize(module.weight, state["H"], config.bits, config.group_size, config.sym, config.desc_act,
-                           config.damp_percent, config.static_groups, min_zero=_min_zero(config),
-                           act_group_aware=config.act_group_aware)
-    new = _new_module(module, config, device="cpu")
-    _fill(new, result, config, None if module.bias is None else module.bias.detach().clone())
-    new.prepare_fast_path()
-    return new.to(module.weight.device)
+    if "result" not in state:
+        state["module"] = module
+        with phase("solve"):
+            _solve_together(state, config)
+    result = state.pop("result")
+    if state in _group:
+        _group.remove(state)
+    with phase("pack"):
+        new = _new_module(module, config, device="cpu")
+        _fill(new, result, config, None if module.bias is None else module.bias.detach().clone())
+        new.prepare_fast_path()
+        return new.to(module.weight.device)
 
 
 # --- saving, dequantizing -------------------------------------------------------------------

@@ -196,3 +196,75 @@ def test_group_aware_keeps_contiguous_groups_and_beats_plain_order_on_skewed_inp
         return float(((X @ (deq - W).T) ** 2).mean())
 
     assert output_error(gar) < output_error(plain)
+
+
+def test_linears_sharing_a_hessian_solved_as_one_stack_get_their_own_codes():
+    """q/k/v (and gate/up) read the same input, so they share H; the plugin solves them as one stacked weight.
+    GPTQ treats rows independently given H: each linear's rows must come out as when it is solved alone."""
+    from qcore_gptq.gptq import split_rows
+
+    _, H, _ = problem(cols=256)
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(rows, 256, generator=g) for rows in (48, 16, 16)]
+    for case in (CASES[0], CASES[1], CASES[7]):
+        alone = [gptq_quantize(w, H, **case) for w in weights]
+        stacked = split_rows(gptq_quantize(torch.cat(weights), H, **case), [48, 16, 16])
+        for a, s in zip(alone, stacked, strict=True):
+            assert (a.q == s.q).float().mean() > 0.999 and int((a.q - s.q).abs().max()) <= 1
+            torch.testing.assert_close(s.scales, a.scales)
+            assert torch.equal(s.g_idx, a.g_idx)
+
+
+def _calibrated(calibration_dtype, ids):
+    import qcore
+    from qcore.testdata import tiny_llama
+
+    model = tiny_llama()
+    float_state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = qcore.config("gptq", bits=4, group_size=32, calibration_dtype=calibration_dtype)
+    return qcore.quantize(model, config, calibration=ids, progress=False), float_state
+
+
+def test_bfloat16_block_forwards_keep_the_float_weights_and_match_float32_quality():
+    """calibration_dtype="bfloat16": the blocks run as bfloat16 copies, but GPTQ quantizes the float32 weights and
+    every tensor left in float (norms, embeddings) stays bit for bit; the scales and the model's error match those
+    of float32 forwards (the Hessians differ by the bfloat16 rounding of the activations only)."""
+    from qcore.testdata import tiny_llama
+
+    ids = torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(1))
+    bf16, float_state = _calibrated("bfloat16", ids)
+    fp32, _ = _calibrated("float32", ids)
+    for name, tensor in bf16.state_dict().items():
+        if name in float_state:
+            assert tensor.dtype == float_state[name].dtype and torch.equal(tensor, float_state[name]), name
+    for name in bf16.qcore_modules:
+        # from the float32 weights (+ GPTQ's updates); a bfloat16 copy of the weights would not give these
+        torch.testing.assert_close(bf16.get_submodule(name).scales.float(), fp32.get_submodule(name).scales.float(),
+                                   rtol=0.05, atol=1e-3)
+    test = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(100))
+    with torch.no_grad():
+        reference = tiny_llama()(test).logits
+        errors = [float((m(test).logits - reference).norm() / reference.norm()) for m in (bf16, fp32)]
+    assert errors[0] < 1.1 * errors[1], errors  # measured within 3% over three seeds
+
+
+def test_the_profile_names_every_phase_and_adds_up():
+    from qcore.calibration import last_profile
+
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    _calibrated("float32", ids)
+    profile = last_profile()
+    for phase in ("capture", "forward", "outputs", "hessian", "solve", "pack", "total"):
+        assert profile.get(phase, 0) > 0, (phase, profile)
+    parts = sum(v for k, v in profile.items() if k != "total")
+    assert abs(parts - profile["total"]) < 0.01 * profile["total"] + 1e-3, profile
+
+
+@pytest.mark.parametrize("width", [96, 576, 1537])
+def test_gram_equals_the_plain_product(width):
+    from qcore_gptq.hessian import gram
+
+    x = torch.randn(300, width, generator=torch.Generator().manual_seed(width)).bfloat16()
+    expected = x.double().T @ x.double()
+    torch.testing.assert_close(gram(x).double(), expected, rtol=1e-5, atol=1e-3)
+    assert gram(x).dtype == torch.float32

@@ -27,9 +27,9 @@ BIG_CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, nu
                   num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
 BIG_DIR = "synthetic-llama-1b"
 PPL_TOKENS = 2048
-UPSTREAM = ["gptqmodel-w4g128", *UPSTREAM_LOADERS]
-# gptqmodel 7.7 needs torch >= 2.14.1 (a CUDA build of several GB on PyPI), so it lives in its own
-# env (tox -e gptq-interop); its row runs there, found here or through QCORE_GPTQMODEL_PYTHON.
+UPSTREAM = ["gptqmodel-w4g128", "gptqmodel-w4g128-act", *UPSTREAM_LOADERS]
+# gptqmodel lives in its own env (tox -e gptq-interop: 7.5.0 installed without its dependencies, so torch
+# stays the CPU build); its rows run there, found here or through QCORE_GPTQMODEL_PYTHON.
 GPTQMODEL_ENV_HINT = "build its env first: tox -e gptq-interop --notest (or set QCORE_GPTQMODEL_PYTHON)"
 LLAMACPP_HINT = ("pip install llama-cpp-python==0.3.36 (builds llama.cpp, ~10 minutes on 2 cores) in this env "
                  "or set QCORE_LLAMACPP_PYTHON to a Python that has it")
@@ -278,9 +278,10 @@ def _gptqmodel(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], base
     from qcore.calibration import calibration_windows
     from qcore.testdata import calibration_text
 
+    desc_act = job["name"].endswith("-act")  # else gptqmodel's default: group-aware reordering (GAR)
     windows = calibration_windows(calibration_text(), tokenizer, nsamples=16, seqlen=512)
     data = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
-    model = GPTQModel.load(job["src"], QuantizeConfig(bits=4, group_size=128, desc_act=False, sym=True), device="cpu")
+    model = GPTQModel.load(job["src"], QuantizeConfig(bits=4, group_size=128, desc_act=desc_act, sym=True), device="cpu")
     model.quantize(data, batch_size=4)
     out = Path(job["out"])
     model.save(str(out))
@@ -290,7 +291,7 @@ def _gptqmodel(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], base
     del model
     baseline = _reset_peak()
     start = time.perf_counter()
-    cfg = GPTQConfig(bits=4, group_size=128, desc_act=False, sym=True, backend="torch")
+    cfg = GPTQConfig(bits=4, group_size=128, desc_act=desc_act, sym=True, backend="torch")
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", dtype=torch.float32, quantization_config=cfg).eval()
     result["load_s"] = time.perf_counter() - start
     result["load_peak_rss"] = _peak_since(baseline)

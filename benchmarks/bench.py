@@ -559,6 +559,8 @@ def memory_checks(rows: list[dict[str, Any]], float_bytes: int, largest_tensor: 
 # SmolLM2 rows that answer a question about a preset: what GPTQ's options are worth against round-to-nearest
 VARIANTS = {"gptq-w4g128 no-GAR": {"preset": "gptq-w4g128", "overrides": {"act_group_aware": False}},
             "gptq-w4g128 RTN": {"preset": "gptq-w4g128", "rtn": True},
+            "gptq-w4g128 damp0.05": {"preset": "gptq-w4g128", "overrides": {"damp_percent": 0.05}},  # gptqmodel's default
+            "gptq-w4g128 fp32-forwards": {"preset": "gptq-w4g128", "overrides": {"calibration_dtype": "float32"}},
             "awq-w4g64 RTN": {"preset": "awq-w4g64", "rtn": True}}
 # 1.1B rows: llama.cpp's Q4_0 quantizes the output head too (to Q6_K); this row does the same with NF4
 BIG_VARIANTS = {"bnb-nf4 +lm_head +int8-act": {"preset": "bnb-nf4", "overrides": {"modules_to_not_convert": []},

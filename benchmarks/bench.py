@@ -533,6 +533,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
 
 

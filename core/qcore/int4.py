@@ -143,10 +143,12 @@ class Int4LutWeight(_AffineInt4):
 
     max_rows = 1 << 62  # takes any number of rows itself
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, ops: KernelOps,
-                 perm: torch.Tensor | None = None) -> None:
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                 ops: KernelOps, perm: torch.Tensor | None = None, scaled_zeros: torch.Tensor | None = None) -> None:
         """codes (n, in) integers 0..15; scales, zeros (n, groups) float (zeros may be fractional);
-        ``perm`` (in,): x's columns in group order (act-order), None when already so. ValueError when the
+        ``perm`` (in,): x's columns in group order (act-order), None when already so. ``scaled_zeros``
+        (n, groups) float: ``s * z`` given directly (formats that store an additive offset ``b`` in
+        ``W = s * q + b`` pass ``-b``); ``zeros`` is then unused and may be None. ValueError when the
         groups do not fit the kernel (blocks of a multiple of 16, at most 4096 values)."""
         q = self._setup(codes, scales, group_size, perm)
         n, k = self.shape
@@ -155,7 +157,7 @@ class Int4LutWeight(_AffineInt4):
         self.ops = ops
         self.packed = pack_uint4_pairs(q)
         self.scales = scales.float().contiguous().view(-1)
-        self.scaled_zeros = (scales.float() * zeros.float()).T.contiguous()  # (groups, n)
+        self.scaled_zeros = _scaled_zeros(scales, zeros, scaled_zeros).T.contiguous()  # (groups, n)
         self.code = torch.arange(16, dtype=torch.float32)
         self.code_i8 = torch.arange(16, dtype=torch.int8)  # integer codes: exact in the int8 path
         # decode with x quantized to int8 per 64 values (lut4_gemm_q8): faster, approximate; see qcore.lut4
@@ -236,15 +238,17 @@ class Int4PackWeight(_AffineInt4):
 
     max_rows = 8
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                 perm: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                 perm: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None,
+                 scaled_zeros: torch.Tensor | None = None) -> None:
         q = self._setup(codes, scales, group_size, perm)
         n, k = self.shape
         if not int4pack_supported(group_size, n, k):
             raise ValueError(f"torch's int4 GEMM does not take a ({n}, {k}) weight in groups of {group_size}")
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         s = scales.float()
-        self.scales_and_zeros = torch.stack([s.T, (s * (8 - zeros.float())).T], dim=-1).contiguous()
+        b = s * (8 - zeros.float()) if scaled_zeros is None else 8 * s - scaled_zeros.float()
+        self.scales_and_zeros = torch.stack([s.T, b.T], dim=-1).contiguous()
         self.compute_dtype = compute_dtype
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -272,9 +276,20 @@ class Int4PackWeight(_AffineInt4):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-def affine_int4_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, ops: KernelOps,
-                       perm: torch.Tensor | None = None, fallback_dtype: torch.dtype | None = None
-                       ) -> Int4LutWeight | Int4PackWeight | None:
+def _scaled_zeros(scales: torch.Tensor, zeros: torch.Tensor | None, scaled_zeros: torch.Tensor | None) -> torch.Tensor:
+    """``s * z`` (n, groups) float32, from zeros or given directly."""
+    if scaled_zeros is not None:
+        if scaled_zeros.shape != scales.shape:
+            raise ValueError(f"scaled_zeros have shape {list(scaled_zeros.shape)}, expected {list(scales.shape)}")
+        return scaled_zeros.float()
+    if zeros is None:
+        raise ValueError("give zeros or scaled_zeros")
+    return scales.float() * zeros.float()
+
+
+def affine_int4_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                       ops: KernelOps, perm: torch.Tensor | None = None, fallback_dtype: torch.dtype | None = None,
+                       scaled_zeros: torch.Tensor | None = None) -> Int4LutWeight | Int4PackWeight | None:
     """The fast CPU layout for ``W = scales * (codes - zeros)`` per group, or None when neither kernel takes it.
 
     :param codes: (n, in) integers 0..15 (any integer dtype), in x's column order.
@@ -284,15 +299,17 @@ def affine_int4_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.T
     :param ops: the plugin's kernels (:class:`KernelOps`).
     :param perm: (in,) int64, x's columns in group order (GPTQ act-order), or None.
     :param fallback_dtype: compute dtype of torch's int4 GEMM when the binary is missing (None: x's dtype).
+    :param scaled_zeros: (n, groups) float ``s * z`` given directly instead of ``zeros`` (which may then be
+        None): for formats storing ``W = s * q + b`` pass ``-b``, with no division by ``s``.
     """
     n, k = codes.shape
     padded = _padded(k, group_size)
     if ops.native() and lut4.supported(group_size, n, padded):
-        return Int4LutWeight(codes, scales, zeros, group_size, ops, perm)
+        return Int4LutWeight(codes, scales, zeros, group_size, ops, perm, scaled_zeros)
     if not ops.native() and int4pack_supported(group_size, n, padded):
-        return Int4PackWeight(codes, scales, zeros, group_size, perm, fallback_dtype)
+        return Int4PackWeight(codes, scales, zeros, group_size, perm, fallback_dtype, scaled_zeros)
     if lut4.supported(group_size, n, padded):
-        return Int4LutWeight(codes, scales, zeros, group_size, ops, perm)  # its ops' torch definition
+        return Int4LutWeight(codes, scales, zeros, group_size, ops, perm, scaled_zeros)  # its ops' torch definition
     return None
 
 

@@ -25,10 +25,10 @@ CPU_CONFIGS = (
     "Float8WeightOnlyConfig",
     "Int8DynamicActivationInt8WeightConfig",
     "IntxWeightOnlyConfig",
+    "Int4WeightOnlyConfig",  # plain packing only: made and run by qcore_torchao.int4_plain on a CPU
 )
 # configs torchao can only run on a CUDA GPU (no CPU kernel in torchao 0.18 for any of their packings)
 CUDA_ONLY_CONFIGS = {
-    "Int4WeightOnlyConfig": "torchao's int4 packings (tile_packed_to_4d, plain_int32, mslk) have CUDA kernels only",
     "Float8DynamicActivationFloat8WeightConfig": "float8 activations need a CUDA GPU with compute capability >= 8.9",
     "Float8DynamicActivationInt4WeightConfig": "its int4 kernel is CUDA-only",
     "Int8DynamicActivationInt4WeightConfig": "its int4 kernel is CUDA-only",

@@ -120,7 +120,8 @@ def rebuild_weight(module_name: str, tensors: dict[str, torch.Tensor], meta: dic
     _check_attributes(where, meta["_data"], json.loads(weight_metadata(template))["_data"])
     data = dict(meta["_data"])
     data.update(stored)
-    data["dtype"] = template.dtype  # the layer's compute dtype (the skeleton's), as quantizing it here would give
+    if "dtype" in data:  # Int4Tensor has none: its dtype is its scale's, converted to the template's above
+        data["dtype"] = template.dtype  # the layer's compute dtype (the skeleton's), as quantizing it here would give
     try:
         weight = object_from_dict({"_type": meta["_type"], "_data": data})
     except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as exc:

@@ -26,6 +26,7 @@ import torch
 
 from qcore import int4
 
+from . import int4_plain
 from .ops import OPS
 
 DECODE_ROWS = 8  # at most this many rows of x run on these kernels; more run torchao's own path
@@ -48,6 +49,8 @@ def cpu_kernel_for(weight: torch.Tensor) -> int4.Int8RowWeight | int4.Int4LutWei
     n, k = weight.shape
     if kind == "Int8Tensor" and _int8_weight_only(weight) and weight.qdata.dtype == torch.int8:
         return int4.Int8RowWeight(weight.qdata, weight.scale, OPS)
+    if kind == "Int4Tensor":
+        return int4_plain.cpu_kernel(weight)
     if kind == "IntxUnpackedToInt8Tensor" and weight.target_dtype == torch.int4 and weight.activation_quantization is None:
         group = weight.block_size[-1]
         if list(weight.block_size) == [1, group] and k % group == 0:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import kernels
+from . import int4_plain, kernels
 
 
 class TorchAoLinear(nn.Linear):
@@ -17,7 +17,8 @@ class TorchAoLinear(nn.Linear):
     subclass, torchao dispatches ``F.linear``), plus a CPU decode path: for at most
     ``kernels.DECODE_ROWS`` rows of input on the CPU, the weights torchao stores are multiplied with
     this package's compiled kernels (:mod:`qcore_torchao.kernels`) where those are faster.
-    Set ``fast_cpu = False`` on a module (or the class) to always run torchao's path.
+    Set ``fast_cpu = False`` on a module (or the class) to always run torchao's path. ``Int4Tensor``
+    weights (``Int4WeightOnlyConfig``) always run on qcore's kernels on the CPU: torchao has none there.
     """
 
     fast_cpu = True
@@ -42,12 +43,26 @@ class TorchAoLinear(nn.Linear):
         return self._cpu_kernel[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and type(self.weight).__name__ == "Int4Tensor":
+            return self._int4_cpu(x)  # torchao has no CPU kernel for Int4Tensor (its linear is mslk's CUDA op)
         if self.fast_cpu and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
             kernel = self._kernel()
             if kernel is not None and x.numel() // x.shape[-1] <= kernels.DECODE_ROWS:
                 y = kernel.matmul(x)
                 return y if self.bias is None else y + self.bias
         return nn.functional.linear(x, self.weight, self.bias)
+
+    def _int4_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """An ``Int4Tensor`` weight on the CPU: qcore's affine int4 kernel where it takes the rows, else W
+        dequantized (float32, then x's dtype) and ``F.linear``."""
+        kernel = self._kernel()
+        rows = x.numel() // x.shape[-1]
+        if kernel is not None and rows <= kernel.max_rows and not (torch.is_grad_enabled() and x.requires_grad):
+            y = kernel.matmul(x)
+        else:
+            w = kernel.dequantize(x.dtype) if kernel is not None else int4_plain.dequantize(self.weight, x.dtype)
+            y = nn.functional.linear(x, w)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight={type(self.weight).__name__}"

@@ -26,6 +26,13 @@ PRESETS = {
                                     "scale_dtype": None,
                                     "intx_packing_format": {"_type": "IntxPackingFormat", "_data": "UNPACKED_TO_INT8"},
                                     "intx_choose_qparams_algorithm": {"_type": "IntxChooseQParamsAlgorithm", "_data": "AFFINE"}}},
+    # plain packing (Int4Tensor): made and run on a CPU by qcore_torchao.int4_plain; groups of 64 divide SmolLM2's 576
+    "torchao-int4wo-g64": {"_type": "Int4WeightOnlyConfig", "_version": 2,
+                           "_data": {"group_size": 64, "set_inductor_config": True,
+                                     "int4_packing_format": {"_type": "Int4PackingFormat", "_data": "PLAIN"},
+                                     "int4_choose_qparams_algorithm": {"_type": "Int4ChooseQParamsAlgorithm",
+                                                                       "_data": "TINYGEMM"},
+                                     "int4_tile_packed_ntile": 8}},
 }
 _METADATA_ATTR = "_qcore_torchao_metadata"
 
@@ -142,5 +149,10 @@ def dequantize(module):
 
     if not isinstance(module, TorchAoLinear):
         raise ConfigError(f"qcore-plugin-torchao cannot dequantize a {type(module).__name__}")
-    weight = module.weight.dequantize().to(module.weight.dtype)  # the torchao weight's dtype is the compute dtype
+    if type(module.weight).__name__ == "Int4Tensor":  # torchao's Int4Tensor has no dequantize
+        from .int4_plain import dequantize as dequantize_int4
+
+        weight = dequantize_int4(module.weight)
+    else:
+        weight = module.weight.dequantize().to(module.weight.dtype)  # the torchao weight's dtype is the compute dtype
     return linear_from_weight(weight, None if module.bias is None else module.bias.data)

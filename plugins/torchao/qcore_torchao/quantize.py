@@ -12,13 +12,25 @@ from torch import nn
 
 from qcore.errors import CheckpointError, ConfigError, TensorMismatchError
 
+from . import int4_plain
 from .config import TorchAoConfig
 from .format import WEIGHT_PREFIX, parse_weight_metadata, rebuild_weight, weight_metadata
 
 
 def _quantize_linear_weight(weight: torch.Tensor, ao_config: Any) -> torch.Tensor:
-    """torchao's ``quantize_`` on a one-layer nn.Linear holding ``weight`` (out, in); returns the new weight."""
+    """torchao's ``quantize_`` on a one-layer nn.Linear holding ``weight`` (out, in); returns the new weight.
+
+    ``Int4WeightOnlyConfig`` on a CPU (a meta template: on a machine without CUDA) is made by :mod:`qcore_torchao.int4_plain` (torchao's
+    ``Int4Tensor`` built from a torch re-implementation of mslk's CUDA-only quantizer).
+    """
     from torchao.quantization import quantize_
+
+    on_cpu = weight.device.type == "cpu" or (weight.device.type == "meta" and not torch.cuda.is_available())
+    if type(ao_config).__name__ == int4_plain.INT4_CONFIG and on_cpu:
+        reason = int4_plain.unsupported_reason(ao_config, weight.shape[1])
+        if reason:
+            raise ValueError(reason)
+        return int4_plain.int4_tensor(weight, ao_config.group_size)
 
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
     linear.weight = nn.Parameter(weight, requires_grad=False)

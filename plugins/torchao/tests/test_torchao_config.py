@@ -80,8 +80,8 @@ def test_embedding_quantization_is_refused_clearly():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal; this machine has a CUDA GPU")
 def test_cuda_only_config_names_the_device_it_needs(float_dir, tmp_path):
-    config = qcore.config("torchao", quant_type="Int4WeightOnlyConfig")
-    with pytest.raises(ConfigError, match="Int4WeightOnlyConfig needs a CUDA GPU.*Int8WeightOnlyConfig"):
+    config = qcore.config("torchao", quant_type="Float8DynamicActivationInt4WeightConfig")
+    with pytest.raises(ConfigError, match="Float8DynamicActivationInt4WeightConfig needs a CUDA GPU.*Int8WeightOnlyConfig"):
         qcore.load_quantized(float_dir, quantization_config=config, progress=False)
 
 

@@ -31,3 +31,14 @@ class TestIntxInt4WithBiases(PluginConformance):
     preset = "torchao-intx4-g32"
     max_relative_error = 0.15
     model_overrides = {"attention_bias": True, "mlp_bias": True}
+
+
+class TestInt4WeightOnly(PluginConformance):
+    preset = "torchao-int4wo-g64"
+    max_relative_error = 0.15
+
+
+class TestInt4WeightOnlyWithBiases(PluginConformance):
+    preset = "torchao-int4wo-g64"
+    max_relative_error = 0.15
+    model_overrides = {"attention_bias": True, "mlp_bias": True}

@@ -52,13 +52,11 @@ def test_refuses_an_existing_target_and_keeps_it(quantized, tmp_path):
 
 
 def test_a_failure_midway_leaves_nothing_behind(quantized, tmp_path, monkeypatch):
-    import safetensors.torch
-
     target = tmp_path / "q"
     qcore.save_quantized(quantized, target)
     before = (target / "model.safetensors").read_bytes()
     calls = {"n": 0}
-    real = safetensors.torch.save_file
+    real = saving.write_safetensors
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -66,7 +64,7 @@ def test_a_failure_midway_leaves_nothing_behind(quantized, tmp_path, monkeypatch
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    monkeypatch.setattr(saving, "write_safetensors", failing)
     with pytest.raises(OSError, match="disk full"):
         qcore.save_quantized(quantized, target, overwrite=True, max_shard_size="40KB")
     assert (target / "model.safetensors").read_bytes() == before  # the old checkpoint is intact
@@ -169,3 +167,31 @@ def test_a_crash_at_any_step_keeps_a_whole_checkpoint(float_dir, tmp_path, step,
         assert leftovers == []  # SIGTERM unwinds and removes the temporary directory
     qcore.save_quantized(old, target, overwrite=True)  # a later save removes what a killed one left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_safetensors_files_are_deterministic_and_read_by_the_safetensors_library(tmp_path):
+    """The safetensors library writes __metadata__ in hash order (two saves differ); qcore's writer sorts it,
+    so the same tensors and metadata give the same bytes whatever the dict order, and the library reads them."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from qcore.checkpoint import write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(3, 5, generator=g), "q": torch.randint(0, 255, (7,), dtype=torch.uint8),
+               "bf": torch.randn(4, generator=g).to(torch.bfloat16), "f8": torch.randn(2, 2, generator=g).to(torch.float8_e4m3fn),
+               "flag": torch.tensor(True), "empty": torch.zeros(0, 3), "i64": torch.arange(5), "i32": torch.arange(3, dtype=torch.int32)}
+    metadata = {f"key{i}": json.dumps({"i": i}) for i in range(12)} | {"format": "pt"}
+    write_safetensors(tmp_path / "a.safetensors", tensors, metadata)
+    write_safetensors(tmp_path / "b.safetensors", dict(reversed(tensors.items())), dict(reversed(metadata.items())))
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    back = load_file(tmp_path / "a.safetensors")
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
+        assert torch.equal(back[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    with safe_open(tmp_path / "a.safetensors", "pt") as f:
+        assert f.metadata() == metadata
+    from qcore.checkpoint import read_header
+
+    entries, read_metadata = read_header(tmp_path / "a.safetensors")  # qcore's own strict reader accepts it too
+    assert set(entries) == set(tensors) and read_metadata == metadata

@@ -47,6 +47,39 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "U32": (torch.uint32, 4),
     "U64": (torch.uint64, 8),
 }
+DTYPE_NAMES = {dtype: name for name, (dtype, _) in DTYPES.items()}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file with a deterministic layout: the same tensors and metadata give the same bytes.
+
+    The safetensors library orders the ``__metadata__`` entries by hash (two writes of the same
+    checkpoint differ); here metadata keys are sorted, tensors are laid out by element size (largest
+    first, so every tensor starts at a multiple of its element size) then name, and the header is
+    padded with spaces to a multiple of 8 bytes, as the library does. Tensors must be on the CPU.
+    """
+    for name, value in (metadata or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must map str to str, got {name!r}: {type(value).__name__}")
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, Any] = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in DTYPE_NAMES:
+            raise TypeError(f"{name}: dtype {t.dtype} has no safetensors name")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name in order:
+            t = tensors[name].detach().contiguous()
+            if t.numel():
+                fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcore.checkpoint import INDEX_NAME, SINGLE_NAME
+from qcore.checkpoint import INDEX_NAME, SINGLE_NAME, write_safetensors
 from qcore.errors import ConfigError, QcoreError, TargetExistsError
 from qcore.modules import get_module
 from qcore.plugins import registry
@@ -121,8 +121,6 @@ def save_quantized(
     :param config: the model's config.json dict, for models without an HF ``config`` attribute.
     :returns: the target path.
     """
-    from safetensors.torch import save_file
-
     target = Path(path)
     if overwrite not in (False, True, "force"):
         raise ConfigError(f"overwrite must be False, True or 'force', got {overwrite!r}")
@@ -142,7 +140,7 @@ def save_quantized(
             for i, shard in enumerate(shards, start=1):
                 file_name = SINGLE_NAME if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 tensors = {k: v.detach().to("cpu").contiguous() for k, v in shard.items()}
-                save_file(tensors, str(tmp / file_name), metadata=file_metadata)
+                write_safetensors(tmp / file_name, tensors, file_metadata)
                 weight_map.update(dict.fromkeys(shard, file_name))
                 _step("shard-written")
             if len(shards) > 1:

@@ -61,32 +61,29 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors"))
 
 
-def _decode_bytes(model: Any) -> int:
-    """Bytes one decoded token reads: every parameter and buffer once, except an input embedding that is not
-    also the output head (decoding gathers one row of it)."""
-    seen: dict[int, int] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
-    total = sum(seen.values())
+def _untied_embedding_bytes(model: Any) -> int:
+    """Bytes of the input embedding when it is not also the output head (decoding reads one row of it)."""
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     embedding = get_in() if get_in else None
     head = get_out() if get_out else None
-    if embedding is not None and getattr(embedding, "weight", None) is not None:
-        tied = head is not None and getattr(head, "weight", None) is not None and \
-            head.weight.data_ptr() == embedding.weight.data_ptr()
-        if not tied:
-            total -= embedding.weight.numel() * embedding.weight.element_size()
-    return total
+    weight = getattr(embedding, "weight", None)
+    if weight is None:
+        return 0
+    head_weight = getattr(head, "weight", None)
+    tied = head_weight is not None and head_weight.data_ptr() == weight.data_ptr()
+    return 0 if tied else weight.numel() * weight.element_size()
 
 
-def _quality_and_speed(model: Any, tokenizer: Any, text: str | None, speed: bool = True) -> dict[str, Any]:
+def _quality_and_speed(model: Any, tokenizer: Any, text: str | None, speed: bool = True, size_bytes: int = 0) -> dict[str, Any]:
     from qcore.evaluate import decode_latency, perplexity, prefill_throughput
 
     out: dict[str, Any] = {}
     if not speed:  # a fake-quantized upstream row (float weights): only its quality means anything
         out["perplexity"] = perplexity(model, tokenizer, text, max_tokens=PPL_TOKENS)["perplexity"]
         return out
-    out["decode_bytes"] = _decode_bytes(model)
+    # what one decoded token reads: the weights as stored (a kernel's resident layout has the same bytes),
+    # less an untied input embedding
+    out["decode_bytes"] = size_bytes - _untied_embedding_bytes(model)
     if text is not None and tokenizer is not None:
         out["perplexity"] = perplexity(model, tokenizer, text, max_tokens=PPL_TOKENS)["perplexity"]
         out["decode_ms_per_token"] = decode_latency(model, tokenizer, new_tokens=16)["ms_per_token"]
@@ -236,7 +233,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         model = _upstream(job, tokenizer, result, baseline, start)
     from upstream import FAKE_QUANT
 
-    result.update(_quality_and_speed(model, tokenizer, text, speed=name not in FAKE_QUANT))
+    result.update(_quality_and_speed(model, tokenizer, text, speed=name not in FAKE_QUANT, size_bytes=result.get("size_bytes", 0)))
     return result
 
 

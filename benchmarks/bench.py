@@ -575,6 +575,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llamacpp", nargs="*", default=list(LLAMACPP_QUANTS),
                         help="llama.cpp GGUF types measured on both models (rows 'llama.cpp-<type>'), where installed")
     parser.add_argument("--skip-big", action="store_true", help="skip the synthetic ~1.1B model")
+    parser.add_argument("--skip-small", action="store_true", help="skip SmolLM2-135M and the one-layer kernel table")
     parser.add_argument("--big-presets", nargs="*",
                         default=["bnb-nf4", "bnb-int8", "gptq-w4g128", "gptq-w8", "fp8-block128", "hqq-4bit-g64",
                                  "torchao-int8wo", "torchao-intx4-g32"],
@@ -675,11 +676,12 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"    {json.dumps({k: v for k, v in row.items() if k not in ('kind', 'module')})}", flush=True)
             write()
 
-    small_rows = results["models"].setdefault("SmolLM2-135M", [])
-    run(small_rows, model_jobs("SmolLM2-135M", small, small, work, presets, args.int8_act, args.upstream, args.llamacpp),
-        "SmolLM2-135M")
-    saved = [r.get("job", r["name"]) for r in small_rows if "error" not in r and r.get("job", r["name"]) in presets]
-    run(results.setdefault("kernels", []), kernel_jobs(small, work / "SmolLM2-135M", saved, args.int8_act), "kernels")
+    if not args.skip_small:
+        small_rows = results["models"].setdefault("SmolLM2-135M", [])
+        run(small_rows, model_jobs("SmolLM2-135M", small, small, work, presets, args.int8_act, args.upstream, args.llamacpp),
+            "SmolLM2-135M")
+        saved = [r.get("job", r["name"]) for r in small_rows if "error" not in r and r.get("job", r["name"]) in presets]
+        run(results.setdefault("kernels", []), kernel_jobs(small, work / "SmolLM2-135M", saved, args.int8_act), "kernels")
     if not args.skip_big:
         big = synthetic_llama(work)
         name = "synthetic llama 1.1B (random weights)"

@@ -328,3 +328,52 @@ class PluginConformance:
                 with pytest.raises(QcoreError, match=module_name.replace(".", r"\.")) as info:
                     qcore.load_quantized(broken, progress=False)
                 assert info.value is not None, f"{victim} with the wrong {how} loaded silently"
+
+
+class LookupOpsSafety:
+    """The crash tests of a plugin whose binary builds the shared lookup kernels (``QC_LUT4_EXPORTS``) and whose
+    ``<package>.ops`` registers them under ``torch.ops.<package>`` (docs/kernels.md, "Memory safety").
+
+    Subclass it in the plugin's tests with ``package = "qcore_<name>"``: every case of
+    :func:`qcore.lut4_misuse.misuse_cases` must raise a Python exception in a subprocess that stays alive, and
+    every op has a fake implementation (meta tensors, ``torch.compile``) that ``torch.library.opcheck`` accepts.
+    """
+
+    package: ClassVar[str]
+    ops: ClassVar[tuple[str, ...]] = ("lut4_gemm", "lut4_dequantize", "int8_gemm")
+
+    def test_wrong_sizes_strides_dtypes_and_devices_raise_and_never_crash(self) -> None:
+        from qcore.lut4_misuse import run_in_subprocess
+
+        out = run_in_subprocess(self.package)
+        lines = out.splitlines()
+        assert "ACCEPTED" not in out, out
+        assert sum(ln.startswith("ok valid") for ln in lines) == 4, out
+        assert sum(ln.startswith("raised") for ln in lines) >= 40, out
+        assert (f"raised 64-byte packed claiming (65536, 4096) | {self.package}.lut4_gemm: packed has shape [64], "
+                "expected [134217728]") in out
+
+    def test_ops_have_fake_implementations_for_meta_tensors_and_compile(self) -> None:
+        import importlib
+
+        importlib.import_module(f"{self.package}.ops")  # registers the ops
+        ops = getattr(torch.ops, self.package)
+        n, k, bs = 32, 128, 64
+        packed, absmax, code = (torch.empty(n * k // 2, dtype=torch.uint8, device="meta"),
+                                torch.empty(n * k // bs, device="meta"), torch.empty(16, device="meta"))
+        real_packed = torch.randint(0, 256, (n * k // 2,), dtype=torch.uint8)
+        real_absmax, real_code = torch.rand(n * k // bs), torch.randn(16)
+        for op in self.ops:
+            if op == "int8_gemm":
+                y = ops.int8_gemm(torch.empty(3, k, device="meta"), torch.empty(n, k, dtype=torch.int8, device="meta"),
+                                  torch.empty(n, device="meta"))
+                real = (torch.randn(2, k), torch.randint(-128, 128, (n, k), dtype=torch.int8), torch.rand(n))
+            elif op == "lut4_gemm":
+                y = ops.lut4_gemm(torch.empty(3, k, device="meta"), packed, absmax, code, n, k, bs)
+                real = (torch.randn(2, k), real_packed, real_absmax, real_code, n, k, bs)
+            else:
+                ops.lut4_dequantize(packed, absmax, code, n, k, bs, torch.empty(n, k, device="meta"))
+                y, real = None, (real_packed, real_absmax, real_code, n, k, bs, torch.empty(n, k))
+            if y is not None:
+                assert y.shape == (3, n) and y.device.type == "meta", op
+            torch.library.opcheck(getattr(ops, op), real)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcore import lut4
+from qcore import lut4, native
 from qcore.packing import pack_uint4_pairs, unpack_uint4_pairs
 
 INT4PACK_GROUP_SIZES = (32, 64, 128, 256)  # what aten._weight_int4pack_mm_for_cpu takes
@@ -62,6 +62,25 @@ class KernelOps:
 
     def native(self) -> bool:
         return self.library() is not None
+
+
+def plugin_ops(namespace: str, prefix: str) -> KernelOps:
+    """Register the lookup ops of a plugin whose ``_kernels`` binary is ``QC_LUT4_EXPORTS(prefix)`` (its
+    ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_q8, lut4_dequantize, int8_gemm}``,
+    checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
+    the ops run their torch definitions and this module picks torch's own int4 GEMM where it can)."""
+
+    def library() -> ctypes.CDLL | None:
+        return native.load_library(namespace, "_kernels", lut4.signatures(prefix),
+                                   what_instead="torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)")
+
+    return KernelOps(namespace, lut4.register_ops(namespace, prefix, library), library)
+
+
+def isa(ops: KernelOps, prefix: str) -> str:
+    """The SIMD variant a plugin's binary runs on this CPU ("avx512", "avx2", "portable"), or "torch" without it."""
+    lib = ops.library()
+    return "torch" if lib is None else lut4.ISA_NAMES[getattr(lib, f"{prefix}_isa")()]
 
 
 def int4pack_supported(group_size: int, n: int, k: int) -> bool:

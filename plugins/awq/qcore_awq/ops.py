@@ -8,25 +8,14 @@ binary they run their torch definitions and :mod:`qcore.int4` picks torch's own 
 
 from __future__ import annotations
 
-import ctypes
-
-from qcore import int4, lut4, native
+from qcore import int4
 
 PREFIX = "qcawq"
 NAMESPACE = "qcore_awq"
-
-
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (warned once) when the package was installed without a C compiler."""
-    return native.load_library(NAMESPACE, "_kernels", lut4.signatures(PREFIX),
-                               what_instead="torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)")
+OPS = int4.plugin_ops(NAMESPACE, PREFIX)
+library = OPS.library  # the compiled kernels, or None (warned once) without a C compiler
 
 
 def isa() -> str:
     """The SIMD variant the binary runs on this CPU ("avx512", "avx2", "portable"), or "torch" without it."""
-    lib = library()
-    return "torch" if lib is None else lut4.ISA_NAMES[getattr(lib, f"{PREFIX}_isa")()]
-
-
-IMPL = lut4.register_ops(NAMESPACE, PREFIX, library)
-OPS = int4.KernelOps(NAMESPACE, IMPL, library)
+    return int4.isa(OPS, PREFIX)

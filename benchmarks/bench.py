@@ -212,9 +212,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         if model is not None:
             result["quantize_s"] = time.perf_counter() - start
             result["quantize_peak_rss"] = _peak_since(baseline)
-            profile = _calibration_profile(model)
-            if profile:
-                result["calibration_profile"] = profile
+            if result.get("calibrated"):  # seconds per phase, as the core's calibration driver recorded them
+                from qcore.calibration import last_profile
+
+                result["calibration_profile"] = last_profile()
             qcore.save_quantized(model, out, overwrite=True)
             del model
         result["size_bytes"] = _size(out)
@@ -237,14 +238,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _calibration_profile(model: Any) -> dict[str, float] | None:
-    """Seconds per calibration phase, when the core's calibration driver recorded them."""
-    try:
-        from qcore.calibration import last_profile
-    except ImportError:
-        return None
-    profile = last_profile()
-    return dict(profile) if profile else None
 
 
 def _upstream(job: dict[str, Any], tokenizer: Any, result: dict[str, Any], baseline: int, start: float) -> Any:

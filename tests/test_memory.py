@@ -31,8 +31,16 @@ path = r"{{path}}"
 for i in range({LAYERS}):  # written shard by shard, never all in memory
     save_file({{f"{{i}}.weight": torch.randn({WIDTH}, {WIDTH})}}, f"{{path}}/model-{{i:05d}}.safetensors")
 cfg = qcore.config("example_int8", modules_to_not_convert=[])
-torch.randn(8)  # warm up the allocator and torch's lazy imports before the baseline
+# a tiny load first: the imports it triggers (accelerate, the plugin; compiled from source when
+# no bytecode cache is written, as in tox) are not what this test measures
+import os
+os.makedirs(path + "/warm-up")
+save_file({{"0.weight": torch.randn(64, 64)}}, path + "/warm-up/model.safetensors")
+qcore.load_quantized(path + "/warm-up", cfg, model=lambda: nn.Sequential(nn.Linear(64, 64, bias=False)), progress=False)
+import ctypes
+ctypes.CDLL(None).malloc_trim(0)  # the shards' buffers freed above go back to the OS, not into the baseline
 baseline = rss("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 model = qcore.load_quantized(path, cfg, model=factory, progress=False)
 print(json.dumps({{"peak": rss("VmHWM") - baseline, "modules": len(model.qcore_modules)}}))
 """
@@ -46,9 +54,10 @@ def test_on_the_fly_load_never_holds_the_float_model(tmp_path):
     int8_bytes = float_bytes // 4
     one_float_tensor = WIDTH * WIDTH * 4
     assert report["modules"] == LAYERS
-    # int8 model + a float tensor and its quantization temporaries (float copy, scale math) + slack
-    assert report["peak"] < int8_bytes + 4 * one_float_tensor + 32 * 2**20, report
+    # int8 model + the float tensor being read + the example quantizer's one float temporary + slack
+    assert report["peak"] < int8_bytes + 2 * one_float_tensor + 32 * 2**20, report
     assert report["peak"] < float_bytes / 2, report
+    assert report["peak"] > 0.9 * int8_bytes, report  # the measurement sees at least the model it built
     print(f"peak {report['peak'] / 2**20:.0f} MiB for {float_bytes / 2**20:.0f} MiB float, {int8_bytes / 2**20:.0f} MiB int8")
 
 

@@ -306,11 +306,10 @@ class _WeightLoader:
             if owner is None:
                 self._place(name, tensor)
             else:
-                group = pending.setdefault(owner, {})
-                group[self.targets[owner][name]] = tensor
-                if len(group) == len(self.targets[owner]):
+                pending.setdefault(owner, {})[self.targets[owner][name]] = tensor
+                if len(pending[owner]) == len(self.targets[owner]):
                     self._create(owner, pending.pop(owner))
-            del tensor
+            del tensor  # the last reference to a consumed tensor: freed before the next one is read
             if large:
                 _give_freed_memory_back()
         bar.close()

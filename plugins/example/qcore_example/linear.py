@@ -4,8 +4,11 @@ from torch import nn
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float (out, in) -> int8 (out, in) and float32 scale (out,), with weight ≈ q * scale[:, None]."""
-    scale = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127
-    q = torch.round(weight.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    weight = weight.float()  # no copy when it already is
+    low, high = torch.aminmax(weight, dim=1)
+    scale = torch.maximum(-low, high).clamp(min=1e-8) / 127
+    # one float temporary, rounded and clipped in place: loading holds one weight and this at a time
+    q = (weight / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 

@@ -71,7 +71,7 @@ def plugin_ops(namespace: str, prefix: str) -> KernelOps:
     the ops run their torch definitions and this module picks torch's own int4 GEMM where it can)."""
 
     def library() -> ctypes.CDLL | None:
-        return native.load_library(namespace, "_kernels", lut4.signatures(prefix),
+        return native.load_library(namespace, "_kernels", lambda: lut4.signatures(prefix),
                                    what_instead="torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)")
 
     return KernelOps(namespace, lut4.register_ops(namespace, prefix, library), library)
@@ -156,8 +156,8 @@ class Int4LutWeight(_AffineInt4):
     """An affine int4 weight on the plugin's lookup GEMV (``torch.ops.<namespace>.lut4_gemm``).
 
     Resident: ``packed`` uint8 ``(n * padded_k / 2,)`` (lut4's layout: row-major nibbles, high first),
-    float32 ``scales (n * groups,)`` (block ``n * groups + g``), float32 ``scaled_zeros (groups, n)``
-    (``s * z``), and the 16-entry ``code`` / ``code_i8`` tables (0..15).
+    float32 ``scales`` and ``scaled_zeros`` (``s * z``), each ``(n * groups,)`` (block ``n * groups + g``),
+    and the 16-entry ``code`` / ``code_i8`` tables (0..15). Decoding is one ``lut4_gemm_affine`` call.
     """
 
     max_rows = 1 << 62  # takes any number of rows itself
@@ -176,7 +176,7 @@ class Int4LutWeight(_AffineInt4):
         self.ops = ops
         self.packed = pack_uint4_pairs(q)
         self.scales = scales.float().contiguous().view(-1)
-        self.scaled_zeros = _scaled_zeros(scales, zeros, scaled_zeros).T.contiguous()  # (groups, n)
+        self.scaled_zeros = _scaled_zeros(scales, zeros, scaled_zeros).contiguous().view(-1)
         self.code = torch.arange(16, dtype=torch.float32)
         self.code_i8 = torch.arange(16, dtype=torch.int8)  # integer codes: exact in the int8 path
         # decode with x quantized to int8 per 64 values (lut4_gemm_q8): faster, approximate; see qcore.lut4
@@ -193,7 +193,7 @@ class Int4LutWeight(_AffineInt4):
         return self.scales.view(self.out_features, -1)
 
     def _scaled_zeros_2d(self) -> torch.Tensor:
-        return self.scaled_zeros.T
+        return self.scaled_zeros.view(self.out_features, -1)
 
     def codes(self) -> torch.Tensor:
         return self._original_order(self._grouped_codes())
@@ -202,8 +202,14 @@ class Int4LutWeight(_AffineInt4):
         """x (..., in) float32/bfloat16/float16 -> (..., n) in x's dtype, accumulated in float32."""
         # float32 throughout: s*q and s*z are each larger than their difference, so a 16-bit
         # product would lose the bits the subtraction needs
-        x2 = self._grouped_x(x).float().contiguous()
+        x2 = self._grouped_x(x)
+        if x2.dtype is not torch.float32 or not x2.is_contiguous():
+            x2 = x2.float().contiguous()
         n, k = self.shape
+        if x2.shape[0] <= self.gemv_rows and not self.int8_activations:  # decoding: one call, nothing else
+            y = self.ops.op("lut4_gemm_affine")(x2, self.packed, self.scales, self.code, self.scaled_zeros, n, k,
+                                                self.group_size)
+            return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (n,))
         if self.int8_activations and x2.shape[0] <= lut4.Q8_MAX_ROWS:
             y = self.ops.op("lut4_gemm_q8")(x2, self.packed, self.scales, self.code_i8, 1.0, n, k, self.group_size)
             # the zero-point term on the same int8 x the kernel used, so s*(q - z) sees one x
@@ -216,7 +222,7 @@ class Int4LutWeight(_AffineInt4):
             w = torch.empty(n, k) if training else lut4.scratch(n * k, torch.float32).view(n, k)
             self.ops.op("lut4_dequantize")(self.packed, self.scales, self.code, n, k, self.group_size, w)
             y = x2 @ w.T
-        y = y.addmm(x2.view(x2.shape[0], -1, self.group_size).sum(-1), self.scaled_zeros, alpha=-1)
+        y = y.addmm(x2.view(x2.shape[0], -1, self.group_size).sum(-1), self._scaled_zeros_2d().T, alpha=-1)
         return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -363,8 +369,11 @@ class Int8RowWeight:
         """x (..., k) float32/bfloat16/float16 -> (..., n) in x's dtype."""
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= self.gemv_rows:
-            y = self.ops.op("int8_gemm")(x2.float().contiguous(), self.weight, self.scales).to(x.dtype)
-        elif x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
+            if x2.dtype is not torch.float32 or not x2.is_contiguous():
+                x2 = x2.float().contiguous()
+            y = self.ops.op("int8_gemm")(x2, self.weight, self.scales)
+            return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (self.out_features,))
+        if x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
             w = lut4.scratch(self.weight.numel(), torch.float32).view(self.weight.shape)
             torch.mul(self.weight, self.scales.unsqueeze(1), out=w)
             y = torch.nn.functional.linear(x2, w)

@@ -6,6 +6,9 @@ torch.library namespace (e.g. ``torch.ops.qcore_bnb``; architecture in docs/kern
 
 - ``lut4_gemm(x, packed, absmax, code, n, k, blocksize) -> y``: ``x (m, k)`` float32 @ ``W.T`` ->
   float32 ``(m, n)``, ``m <= MAX_ROWS``, W never materialized (decoding).
+- ``lut4_gemm_affine(x, packed, absmax, code, szeros, n, k, blocksize) -> y``: the affine form
+  ``W = s * (q - z)`` in one call: ``lut4_gemm`` minus, per block, float32 ``szeros`` (``s * z``,
+  ``(n*k/blocksize,)`` like ``absmax``) times the block's sum of x.
 - ``lut4_dequantize(packed, absmax, code, n, k, blocksize, out) -> ()``: writes W ``(n, k)`` into ``out``
   (float32 or bfloat16; float32 products rounded once, bit-identical to the torch definition).
 - ``lut4_gemm_q8(x, packed, absmax, code_i8, code_scale_inv, n, k, blocksize) -> y``: the same product with
@@ -17,7 +20,8 @@ torch.library namespace (e.g. ``torch.ops.qcore_bnb``; architecture in docs/kern
 The layout: W ``(n, k)`` flattened row-major, element ``i`` is nibble ``i`` of ``packed`` (uint8
 ``(n*k/2,)``, byte ``i // 2``, high nibble first), an index into the float32 ``code (16,)``, scaled by
 float32 ``absmax[i // blocksize]`` (``(n*k/blocksize,)``). bitsandbytes' NF4/FP4 is exactly this; an
-affine int4 format ``s * (q - z)`` is this with ``code = 0..15`` and the zero-point term subtracted after.
+affine int4 format ``s * (q - z)`` is this with ``code = 0..15`` and the zero-point term subtracted
+(``lut4_gemm_affine`` does both in the kernel).
 
 Every op checks device, dtype, contiguity and every buffer's size against ``n``, ``k`` and
 ``blocksize`` before a pointer reaches C (:class:`qcore.native.KernelArgumentError` otherwise), and
@@ -54,6 +58,7 @@ def signatures(prefix: str) -> dict[str, tuple]:
     return {
         f"{prefix}_lut4_dequant": (None, _P, _P, _P, _I64, _I64, _P, _I32, _I32),
         f"{prefix}_lut4_gemm": (None, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I32),
+        f"{prefix}_lut4_gemm_affine": (_I32, _P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _P, _I32),
         f"{prefix}_int8_gemm": (None, _P, _I64, _I64, _P, _P, _I64, _P, _I32),
         f"{prefix}_lut4_gemm_q8": (_I32, _P, _I64, _I64, _P, _P, _P, ctypes.c_float, _I64, _I64, _P, _I32),
         f"{prefix}_q8_isa": (_I32,),
@@ -105,11 +110,20 @@ def quantize_rows_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_layout(op: str, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int, k: int,
                   blocksize: int) -> None:
-    check(op, supported(blocksize, n, k), f"a ({n}, {k}) weight in blocks of {blocksize} is not supported: blocks "
-          f"must be a multiple of 16 values, at most {MAX_BLOCK}, and tile whole rows of k={k}")
+    if not supported(blocksize, n, k):  # (messages are built only on failure: these checks run per layer per token)
+        check(op, False, f"a ({n}, {k}) weight in blocks of {blocksize} is not supported: blocks "
+              f"must be a multiple of 16 values, at most {MAX_BLOCK}, and tile whole rows of k={k}")
     check_tensor(op, "packed", packed, torch.uint8, (n * k // 2,))
     check_tensor(op, "absmax", absmax, torch.float32, (n * k // blocksize,))
     check_tensor(op, "code", code, torch.float32, (16,))
+
+
+def _check_rows(op: str, x: object, limit: int, hint: str = "; dequantize and multiply") -> None:
+    """x is a 2-D tensor of at most ``limit`` rows (its dtype, shape and layout are check_tensor's)."""
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2):
+        check(op, False, "x must be a 2-D tensor (m, k)")
+    if x.shape[0] > limit:
+        check(op, False, f"takes at most {limit} rows, got {x.shape[0]}{hint}")
 
 
 def _check_fake(op: str, tensors: dict[str, tuple[torch.Tensor, torch.dtype, tuple[int, ...]]]) -> None:
@@ -180,7 +194,8 @@ def torch_gemm(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
 
 
 def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL | None]) -> dict[str, Callable]:
-    """Define ``lut4_gemm``, ``lut4_dequantize`` and ``int8_gemm`` under ``torch.ops.<namespace>``.
+    """Define ``lut4_gemm``, ``lut4_gemm_affine``, ``lut4_gemm_q8``, ``lut4_dequantize`` and ``int8_gemm`` under
+    ``torch.ops.<namespace>``.
 
     :param namespace: the plugin's torch.library namespace, e.g. ``"qcore_bnb"``.
     :param prefix: the ``QC_LUT4_EXPORTS`` prefix its binary was built with, e.g. ``"qcbnb"``.
@@ -189,12 +204,14 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         skip the dispatcher's overhead on a hot path.
     """
 
+    c_lut4_gemm, c_lut4_gemm_affine, c_lut4_gemm_q8, c_lut4_dequant, c_int8_gemm = (
+        f"{prefix}_{name}" for name in ("lut4_gemm", "lut4_gemm_affine", "lut4_gemm_q8", "lut4_dequant", "int8_gemm"))
+
     def lut4_gemm(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int, k: int,
                   blocksize: int) -> torch.Tensor:
         op = f"{namespace}.lut4_gemm"
         _check_layout(op, packed, absmax, code, n, k, blocksize)
-        check(op, isinstance(x, torch.Tensor) and x.dim() == 2, "x must be a 2-D tensor (m, k)")
-        check(op, x.shape[0] <= MAX_ROWS, f"takes at most {MAX_ROWS} rows, got {x.shape[0]}; dequantize and multiply")
+        _check_rows(op, x, MAX_ROWS)
         check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
         lib = library()
         if x.shape[0] == 0:
@@ -202,9 +219,38 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if lib is None:
             return torch_gemm(x, packed, absmax, code, n, k, blocksize)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        getattr(lib, f"{prefix}_lut4_gemm")(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
+        getattr(lib, c_lut4_gemm)(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
                                             code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
         return y
+
+    def lut4_gemm_affine(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                         szeros: torch.Tensor, n: int, k: int, blocksize: int) -> torch.Tensor:
+        op = f"{namespace}.lut4_gemm_affine"
+        _check_layout(op, packed, absmax, code, n, k, blocksize)
+        check_tensor(op, "szeros", szeros, torch.float32, (n * k // blocksize,))
+        _check_rows(op, x, MAX_ROWS)
+        check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
+        lib = library()
+        if x.shape[0] == 0:
+            return torch.empty(0, n, dtype=torch.float32)
+        if lib is None:
+            y = torch_gemm(x, packed, absmax, code, n, k, blocksize)
+            return y.addmm(x.view(x.shape[0], -1, blocksize).sum(-1), szeros.view(n, -1).T, alpha=-1)
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        status = getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), x.shape[0], k, packed.data_ptr(),
+                                                            absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n,
+                                                            blocksize, y.data_ptr(), native.num_threads())
+        if status != 0:
+            raise MemoryError(f"{op}: could not allocate {4 * x.shape[0] * k // blocksize} bytes for the block sums of x")
+        return y
+
+    def lut4_gemm_affine_fake(x, packed, absmax, code, szeros, n, k, blocksize):
+        op = f"{namespace}.lut4_gemm_affine"
+        check(op, supported(blocksize, n, k) and x.dim() == 2 and x.shape[0] <= MAX_ROWS, "unsupported shape")
+        _check_fake(op, {"x": (x, torch.float32, (x.shape[0], k)), "packed": (packed, torch.uint8, (n * k // 2,)),
+                         "absmax": (absmax, torch.float32, (n * k // blocksize,)), "code": (code, torch.float32, (16,)),
+                         "szeros": (szeros, torch.float32, (n * k // blocksize,))})
+        return x.new_empty(x.shape[0], n)
 
     def lut4_gemm_fake(x, packed, absmax, code, n, k, blocksize):
         op = f"{namespace}.lut4_gemm"
@@ -222,7 +268,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if lib is None:
             torch_dequantize(packed, absmax, code, n, k, blocksize, out)
             return
-        getattr(lib, f"{prefix}_lut4_dequant")(packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), n * k, blocksize,
+        getattr(lib, c_lut4_dequant)(packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), n * k, blocksize,
                                                out.data_ptr(), int(out.dtype == torch.bfloat16), native.num_threads())
 
     def lut4_dequantize_fake(packed, absmax, code, n, k, blocksize, out):
@@ -234,9 +280,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
     def int8_gemm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         op = f"{namespace}.int8_gemm"
         check(op, isinstance(weight, torch.Tensor) and weight.dim() == 2, "weight must be a 2-D int8 tensor (n, k)")
-        check(op, isinstance(x, torch.Tensor) and x.dim() == 2, "x must be a 2-D tensor (m, k)")
         n, k = weight.shape
-        check(op, x.shape[0] <= MAX_ROWS, f"takes at most {MAX_ROWS} rows, got {x.shape[0]}; dequantize and multiply")
+        _check_rows(op, x, MAX_ROWS)
         check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
         check_tensor(op, "weight", weight, torch.int8, (n, k))
         check_tensor(op, "scales", scales, torch.float32, (n,))
@@ -244,7 +289,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if lib is None or x.shape[0] == 0:
             return torch.ops.aten._weight_int8pack_mm(x, weight, scales) if x.shape[0] else x.new_empty(0, n)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        getattr(lib, f"{prefix}_int8_gemm")(x.data_ptr(), x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n,
+        getattr(lib, c_int8_gemm)(x.data_ptr(), x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n,
                                             y.data_ptr(), native.num_threads())
         return y
 
@@ -259,13 +304,13 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
     def lut4_gemm_q8(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code_i8: torch.Tensor,
                      code_scale_inv: float, n: int, k: int, blocksize: int) -> torch.Tensor:
         op = f"{namespace}.lut4_gemm_q8"
-        check(op, supported_q8(blocksize, n, k), f"a ({n}, {k}) weight in blocks of {blocksize} is not supported: blocks "
-              f"must be a multiple of {Q8_BLOCK} values, at most {MAX_BLOCK}, and tile whole rows of k={k}")
+        if not supported_q8(blocksize, n, k):
+            check(op, False, f"a ({n}, {k}) weight in blocks of {blocksize} is not supported: blocks "
+                  f"must be a multiple of {Q8_BLOCK} values, at most {MAX_BLOCK}, and tile whole rows of k={k}")
         check_tensor(op, "packed", packed, torch.uint8, (n * k // 2,))
         check_tensor(op, "absmax", absmax, torch.float32, (n * k // blocksize,))
         check_tensor(op, "code_i8", code_i8, torch.int8, (16,))
-        check(op, isinstance(x, torch.Tensor) and x.dim() == 2, "x must be a 2-D tensor (m, k)")
-        check(op, x.shape[0] <= Q8_MAX_ROWS, f"takes at most {Q8_MAX_ROWS} rows, got {x.shape[0]}")
+        _check_rows(op, x, Q8_MAX_ROWS, hint="")
         check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
         check(op, math.isfinite(code_scale_inv), "code_scale_inv must be finite")
         lib = library()
@@ -276,7 +321,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             xd = (q.float().view(x.shape[0], -1, Q8_BLOCK) * dx.unsqueeze(-1)).view_as(x).contiguous()
             return torch_gemm(xd, packed, absmax, code_i8.float() * code_scale_inv, n, k, blocksize)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        status = getattr(lib, f"{prefix}_lut4_gemm_q8")(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
+        status = getattr(lib, c_lut4_gemm_q8)(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
                                                         code_i8.data_ptr(), code_scale_inv, n, blocksize, y.data_ptr(),
                                                         native.num_threads())
         if status != 0:
@@ -292,6 +337,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
 
     ops = {}
     for name, impl, fake, mutates in (("lut4_gemm", lut4_gemm, lut4_gemm_fake, ()),
+                                      ("lut4_gemm_affine", lut4_gemm_affine, lut4_gemm_affine_fake, ()),
                                       ("lut4_gemm_q8", lut4_gemm_q8, lut4_gemm_q8_fake, ()),
                                       ("lut4_dequantize", lut4_dequantize, lut4_dequantize_fake, ("out",)),
                                       ("int8_gemm", int8_gemm, int8_gemm_fake, ())):

@@ -34,6 +34,14 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
         return lambda: ops.lut4_gemm(args["x"], args["packed"], args["absmax"], args["code"], args["n"], args["k"],
                                      args["blocksize"])
 
+    szeros = torch.randn(n * k // bs)
+
+    def affine(**kw):
+        args = {"x": x, "packed": packed, "absmax": absmax, "code": code, "szeros": szeros, "n": n, "k": k,
+                "blocksize": bs, **kw}
+        return lambda: ops.lut4_gemm_affine(args["x"], args["packed"], args["absmax"], args["code"], args["szeros"],
+                                            args["n"], args["k"], args["blocksize"])
+
     def deq(**kw):
         args = {"packed": packed, "absmax": absmax, "code": code, "n": n, "k": k, "blocksize": bs,
                 "out": torch.empty(n, k), **kw}
@@ -54,7 +62,7 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
 
     cases = [
         ("valid lut4_gemm", gemm()), ("valid lut4_dequantize", deq()), ("valid int8_gemm", int8()),
-        ("valid lut4_gemm_q8", q8()),
+        ("valid lut4_gemm_q8", q8()), ("valid lut4_gemm_affine", affine()),
         ("64-byte packed claiming (65536, 4096)", gemm(packed=packed[:64], n=65536, k=4096, absmax=torch.rand(65536 * 64))),
         ("packed one byte short", gemm(packed=packed[:-1])),
         ("packed one byte long", gemm(packed=torch.cat([packed, packed[:1]]))),
@@ -106,6 +114,14 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
         ("q8 x too many rows", q8(x=torch.randn(Q8_MAX_ROWS + 1, k))),
         ("q8 x wrong k", q8(x=torch.randn(m, k - 64))),
         ("q8 lying shape", q8(n=65536, k=4096, absmax=torch.rand(65536 * 64))),
+        ("affine szeros short", affine(szeros=szeros[:-1])),
+        ("affine szeros float16", affine(szeros=szeros.half())),
+        ("affine szeros strided", affine(szeros=strided(szeros))),
+        ("affine szeros 2-D", affine(szeros=szeros.view(n, -1))),
+        ("affine packed short", affine(packed=packed[:-1])),
+        ("affine x strided", affine(x=strided(x))),
+        ("affine x too many rows", affine(x=torch.randn(MAX_ROWS + 1, k))),
+        ("affine lying shape", affine(n=65536, k=4096, absmax=torch.rand(65536 * 64), szeros=torch.rand(65536 * 64))),
     ]
     return cases
 

@@ -24,7 +24,7 @@ import os
 import threading
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from qcore.errors import QcoreError
 
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
+_NOT_LOADED = object()
 SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
 
 
@@ -55,16 +56,23 @@ def library_path(package: str, stem: str) -> Path | None:
     return None
 
 
-def load_library(package: str, stem: str, signatures: dict[str, tuple], what_instead: str = "torch kernels") -> ctypes.CDLL | None:
+def load_library(package: str, stem: str, signatures: dict[str, tuple] | Callable[[], dict[str, tuple]],
+                 what_instead: str = "torch kernels") -> ctypes.CDLL | None:
     """Open a plugin's prebuilt kernel library once per process.
 
     :param package: the plugin package that holds the binary, e.g. ``"qcore_bnb"``.
     :param stem: the file name before the platform suffix, e.g. ``"_kernels"``.
-    :param signatures: ``{function: (restype, *argtypes)}`` set on the loaded library.
+    :param signatures: ``{function: (restype, *argtypes)}`` set on the loaded library, or a function
+        returning it (called on the first load only: ops call this on every use).
     :param what_instead: named in the warning when there is no binary.
     :returns: the library, or ``None`` (one warning per process) when missing, unloadable or switched off.
     """
     key = (package, stem)
+    lib = _loaded.get(key, _NOT_LOADED)  # the hot path: no lock once loaded
+    if lib is not _NOT_LOADED:
+        return lib
+    if callable(signatures):
+        signatures = signatures()
     with _lock:
         if key in _loaded:
             return _loaded[key]
@@ -97,6 +105,11 @@ def check_tensor(op: str, name: str, t: object, dtype: torch.dtype | Sequence[to
     This is what makes a pointer safe to hand to C: a contiguous tensor of this shape and dtype owns
     ``prod(shape) * itemsize`` bytes from ``data_ptr()``. The caller keeps ``t`` alive across the call.
     """
+    # the common case first, in the cheapest calls (this runs several times per layer per token)
+    if (isinstance(t, torch.Tensor) and t.is_cpu and (t.dtype is dtype if isinstance(dtype, torch.dtype) else t.dtype in dtype)
+            and t.shape == tuple(shape) and t.is_contiguous()
+            and t.untyped_storage().nbytes() >= (t.storage_offset() + t.numel()) * t.element_size()):
+        return t
     if not isinstance(t, torch.Tensor):
         raise KernelArgumentError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)

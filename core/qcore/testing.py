@@ -340,7 +340,7 @@ class LookupOpsSafety:
     """
 
     package: ClassVar[str]
-    ops: ClassVar[tuple[str, ...]] = ("lut4_gemm", "lut4_dequantize", "int8_gemm")
+    ops: ClassVar[tuple[str, ...]] = ("lut4_gemm", "lut4_gemm_affine", "lut4_dequantize", "int8_gemm")
 
     def test_wrong_sizes_strides_dtypes_and_devices_raise_and_never_crash(self) -> None:
         from qcore.lut4_misuse import run_in_subprocess
@@ -348,7 +348,7 @@ class LookupOpsSafety:
         out = run_in_subprocess(self.package)
         lines = out.splitlines()
         assert "ACCEPTED" not in out, out
-        assert sum(ln.startswith("ok valid") for ln in lines) == 4, out
+        assert sum(ln.startswith("ok valid") for ln in lines) == 5, out
         assert sum(ln.startswith("raised") for ln in lines) >= 40, out
         assert (f"raised 64-byte packed claiming (65536, 4096) | {self.package}.lut4_gemm: packed has shape [64], "
                 "expected [134217728]") in out
@@ -368,6 +368,10 @@ class LookupOpsSafety:
                 y = ops.int8_gemm(torch.empty(3, k, device="meta"), torch.empty(n, k, dtype=torch.int8, device="meta"),
                                   torch.empty(n, device="meta"))
                 real = (torch.randn(2, k), torch.randint(-128, 128, (n, k), dtype=torch.int8), torch.rand(n))
+            elif op == "lut4_gemm_affine":
+                y = ops.lut4_gemm_affine(torch.empty(3, k, device="meta"), packed, absmax, code,
+                                         torch.empty(n * k // bs, device="meta"), n, k, bs)
+                real = (torch.randn(2, k), real_packed, real_absmax, real_code, torch.randn(n * k // bs), n, k, bs)
             elif op == "lut4_gemm":
                 y = ops.lut4_gemm(torch.empty(3, k, device="meta"), packed, absmax, code, n, k, bs)
                 real = (torch.randn(2, k), real_packed, real_absmax, real_code, n, k, bs)

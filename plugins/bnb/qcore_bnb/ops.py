@@ -17,7 +17,7 @@ PREFIX = "qcbnb"
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (warned once) when the package was installed without a C compiler."""
-    return native.load_library("qcore_bnb", "_kernels", lut4.signatures(PREFIX),
+    return native.load_library("qcore_bnb", "_kernels", lambda: lut4.signatures(PREFIX),
                                what_instead="torch kernels (a byte-pair lookup table, about 2x float32 decode time)")
 
 

@@ -19,7 +19,7 @@ PREFIX = "qcgptq"
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (warned once) when the package was installed without a C compiler."""
-    return native.load_library("qcore_gptq", "_kernels", lut4.signatures(PREFIX),
+    return native.load_library("qcore_gptq", "_kernels", lambda: lut4.signatures(PREFIX),
                                what_instead="torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)")
 
 

@@ -85,7 +85,7 @@ class HqqLinear(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.fast is not None and self.use_fast_kernels and x.device.type == "cpu"
+        if (self.fast is not None and self.use_fast_kernels and x.is_cpu
                 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
                 and x.numel() // x.shape[-1] <= self.fast.max_rows
                 and not (torch.is_grad_enabled() and x.requires_grad)):

@@ -43,9 +43,9 @@ class TorchAoLinear(nn.Linear):
         return self._cpu_kernel[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and type(self.weight).__name__ == "Int4Tensor":
+        if x.is_cpu and type(self.weight).__name__ == "Int4Tensor":
             return self._int4_cpu(x)  # torchao has no CPU kernel for Int4Tensor (its linear is mslk's CUDA op)
-        if self.fast_cpu and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        if self.fast_cpu and x.is_cpu and not (torch.is_grad_enabled() and x.requires_grad):
             kernel = self._kernel()
             if kernel is not None and x.numel() // x.shape[-1] <= kernels.DECODE_ROWS:
                 y = kernel.matmul(x)

@@ -71,10 +71,37 @@ static inline void qc_lut4_dequant(const uint8_t *packed, const float *absmax, c
     QC_DISPATCH(qc_lut4_dequant, packed, absmax, code, n, blocksize, out, out_bf16, threads);
 }
 
+static inline void qc_lut4_gemm_dispatch(const float *x, int64_t M, int64_t K, const uint8_t *packed,
+                                         const float *absmax, const float *code, const float *szeros,
+                                         const float *xsums, int64_t N, int64_t blocksize, float *y, int threads) {
+    QC_DISPATCH(qc_lut4_gemm, x, M, K, packed, absmax, code, szeros, xsums, N, blocksize, y, threads);
+}
+
 /* y (M, N) = x (M, K) @ W.T, W (N, K) in 4-bit blocks; float32, each block's sum scaled once */
 static inline void qc_lut4_gemm(const float *x, int64_t M, int64_t K, const uint8_t *packed, const float *absmax,
                                 const float *code, int64_t N, int64_t blocksize, float *y, int threads) {
-    QC_DISPATCH(qc_lut4_gemm, x, M, K, packed, absmax, code, N, blocksize, y, threads);
+    qc_lut4_gemm_dispatch(x, M, K, packed, absmax, code, NULL, NULL, N, blocksize, y, threads);
+}
+
+/* The affine form W = s * (q - z): y = x @ (code[q] * absmax).T - per block, szeros (N, K / blocksize)
+ * (s * z, row-major like absmax) times the block's sum of x. 0, or 1 when the sums' buffer could not
+ * be allocated. */
+static inline int qc_lut4_gemm_affine(const float *x, int64_t M, int64_t K, const uint8_t *packed,
+                                      const float *absmax, const float *code, const float *szeros, int64_t N,
+                                      int64_t blocksize, float *y, int threads) {
+    const int64_t kb = K / blocksize;
+    float *xsums = (float *)malloc((size_t)(M * kb) * sizeof(float));
+    if (!xsums) return 1;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t b = 0; b < kb; b++) {
+            const float *xb = x + m * K + b * blocksize;
+            float s = 0;
+            for (int64_t j = 0; j < blocksize; j++) s += xb[j];
+            xsums[m * kb + b] = s;
+        }
+    qc_lut4_gemm_dispatch(x, M, K, packed, absmax, code, szeros, xsums, N, blocksize, y, threads);
+    free(xsums);
+    return 0;
 }
 
 /* y (M, N) = x (M, K) @ (W * scale[:, None]).T, W int8 (N, K), one float32 scale per row */
@@ -84,7 +111,7 @@ static inline void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8
 }
 
 /* Exports every plugin binary that uses these kernels defines with its own prefix, e.g.
- * QC_LUT4_EXPORTS(qcbnb) -> qcbnb_lut4_dequant, qcbnb_lut4_gemm, qcbnb_int8_gemm, qcbnb_lut4_gemm_q8, qcbnb_q8_isa,
+ * QC_LUT4_EXPORTS(qcbnb) -> qcbnb_lut4_dequant, qcbnb_lut4_gemm, qcbnb_lut4_gemm_affine, qcbnb_int8_gemm, qcbnb_lut4_gemm_q8, qcbnb_q8_isa,
  * qcbnb_isa, qcbnb_cpu_isa, qcbnb_set_isa_cap. */
 #define QC_LUT4_EXPORTS(prefix)                                                                                        \
     QC_EXPORT void prefix##_lut4_dequant(const uint8_t *packed, const float *absmax, const float *code, int64_t n,     \
@@ -95,6 +122,11 @@ static inline void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8
                                       const float *absmax, const float *code, int64_t N, int64_t blocksize, float *y,  \
                                       int threads) {                                                                   \
         qc_lut4_gemm(x, M, K, packed, absmax, code, N, blocksize, y, threads);                                         \
+    }                                                                                                                  \
+    QC_EXPORT int prefix##_lut4_gemm_affine(const float *x, int64_t M, int64_t K, const uint8_t *packed,             \
+                                            const float *absmax, const float *code, const float *szeros, int64_t N,    \
+                                            int64_t blocksize, float *y, int threads) {                                \
+        return qc_lut4_gemm_affine(x, M, K, packed, absmax, code, szeros, N, blocksize, y, threads);                   \
     }                                                                                                                  \
     QC_EXPORT void prefix##_int8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales,      \
                                       int64_t N, float *y, int threads) {                                              \

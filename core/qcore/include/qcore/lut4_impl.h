@@ -110,8 +110,10 @@ static void QC_V(qc_lut4_dequant)(const uint8_t *packed, const float *absmax, co
     }
 }
 
+/* szeros, xsums: NULL, or the affine term: y[m, n] -= sum_b szeros[n * kb + b] * xsums[m * kb + b] */
 static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8_t *packed, const float *absmax,
-                               const float *code, int64_t N, int64_t blocksize, float *y, int threads) {
+                               const float *code, const float *szeros, const float *xsums, int64_t N,
+                               int64_t blocksize, float *y, int threads) {
     const int64_t kb = K / blocksize;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -132,7 +134,10 @@ static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8
                 for (; j < blocksize; j += QC_SIMD) s0 = v_fma(v_decode(p + j / 2, v_codes(code)), v_load(xb + j), s0);
                 total = v_fma(v_add(s0, s1), v_set1(am[b]), total);
             }
-            y[n] = v_sum(total);
+            float out = v_sum(total);
+            if (szeros)
+                for (int64_t b = 0; b < kb; b++) out -= szeros[n * kb + b] * xsums[b];
+            y[n] = out;
             continue;
         }
         float w[QC_MAX_BLOCK];
@@ -149,7 +154,12 @@ static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8
                 acc[m] = v_fma(s, scale, acc[m]);
             }
         }
-        for (int64_t m = 0; m < M; m++) y[m * N + n] = v_sum(acc[m]);
+        for (int64_t m = 0; m < M; m++) {
+            float out = v_sum(acc[m]);
+            if (szeros)
+                for (int64_t b = 0; b < kb; b++) out -= szeros[n * kb + b] * xsums[m * kb + b];
+            y[m * N + n] = out;
+        }
     }
 }
 

@@ -168,10 +168,99 @@ def kernel_worker(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# qcore rows and the upstream row doing the same thing, for the interleaved decode table
+DECODE_PAIRS = {"hqq-4bit-g64": "hqq-lib-4bit-g64", "torchao-int8wo": "transformers-torchao-int8wo",
+                "torchao-intx4-g32": "transformers-torchao-intx4-g32", "torchao-int8dq": "transformers-torchao-int8dq",
+                "torchao-fp8wo": "transformers-torchao-fp8wo", "bnb-nf4": "transformers-bnb-nf4",
+                "bnb-int8": "transformers-bnb-int8"}
+DECODE_ROUNDS_EXTRA = ["gptq-w4g128", "awq-w4g64", "torchao-int4wo-g64", "fp8-block128"]
+
+
+def _decode_ms(model: Any, ids: Any, steps: int, before: Any = None) -> float:
+    """Milliseconds per greedy decode step with a KV cache after a prompt (the prompt is not timed);
+    ``before()`` is called once the prompt is done."""
+    out = model(ids, use_cache=True)
+    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    if before is not None:
+        before()
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = model(token, past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def _time_split(model: Any, ids: Any, steps: int = 16) -> dict[str, float]:
+    """Milliseconds of one decode step spent in the quantized linear layers, in the output head, and elsewhere
+    (norms, attention, rotary, the cache, transformers' Python), timed by wrapping those modules' forwards
+    (which adds a little time of its own to the first two)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    spent = {"linear layers": 0.0, "output head": 0.0}
+    wrapped = []
+    for module in model.modules():
+        if module is head or (type(module).__name__.endswith("Linear") and not list(module.children())):
+            key = "output head" if module is head else "linear layers"
+
+            def timed(*a: Any, _f: Any = module.forward, _k: str = key, **kw: Any) -> Any:
+                start = time.perf_counter()
+                out = _f(*a, **kw)
+                spent[_k] += time.perf_counter() - start
+                return out
+
+            module.forward = timed
+            wrapped.append(module)
+    try:
+        _decode_ms(model, ids, 4)  # warm
+        total = _decode_ms(model, ids, steps, before=lambda: spent.update(dict.fromkeys(spent, 0.0)))
+    finally:
+        for module in wrapped:
+            del module.forward
+    split = {k: 1000 * v / steps for k, v in spent.items()}
+    split["elsewhere"] = total - sum(split.values())
+    return split
+
+
+def decode_rounds_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Decode latency of several models held in one process, measured in interleaved rounds (the machine's
+    noise then falls on all of them alike), and where each one's time goes."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from upstream import UPSTREAM_LOADERS
+
+    import qcore
+
+    if job.get("tokenizer"):
+        ids = AutoTokenizer.from_pretrained(job["tokenizer"])("The licence gives you the freedom to", return_tensors="pt").input_ids
+    else:
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    models: dict[str, Any] = {}
+    for name, how in job["models"]:
+        if how in ("float32", "bfloat16"):
+            models[name] = AutoModelForCausalLM.from_pretrained(job["src"], dtype=getattr(torch, how)).eval()
+        elif how == "upstream":
+            models[name] = UPSTREAM_LOADERS[name](Path(job["src"]))
+        else:
+            models[name] = qcore.load_quantized(how, progress=False)
+    ms: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for model in models.values():
+            _decode_ms(model, ids, 4)  # warm
+        for _ in range(job["rounds"]):
+            for name, model in models.items():
+                ms[name].append(_decode_ms(model, ids, 16))
+        split = {name: _time_split(model, ids) for name, model in models.items()}
+    return {"name": job["name"], "kind": "rounds", "rounds": job["rounds"],
+            "ms": {name: statistics.median(v) for name, v in ms.items()}, "ms_all": ms, "split": split}
+
+
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement (called in a fresh process)."""
     if job["kind"] == "kernel":
         return kernel_worker(job)
+    if job["kind"] == "rounds":
+        return decode_rounds_worker(job)
     import torch
 
     import qcore
@@ -477,6 +566,28 @@ def markdown(results: dict[str, Any]) -> str:
             for r in profiled:
                 lines.append(f"| {r['name']} | " + " | ".join(_cell(r["calibration_profile"], p, "{:.1f}") for p in phases) + " |")
             lines.append("")
+    rounds = results.get("decode_rounds")
+    if rounds and "error" not in rounds:
+        ms, split = rounds["ms"], rounds["split"]
+        base = ms.get("float32")
+        lines += ["## SmolLM2-135M decode in interleaved rounds", "",
+                  f"All these models held in one process and decoded in turn, {rounds['rounds']} rounds of 16 tokens each "
+                  "(batch 1, KV cache, greedy, after the same prompt), so the machine's noise falls on every model alike: "
+                  "the median ms per token, its speed-up over float32 and over the upstream library doing the same thing "
+                  "(*× upstream*: upstream time / qcore time), and where one decode step's time goes (the quantized linear "
+                  "layers, the output head, and everything else: norms, attention, rotary, the KV cache and transformers' "
+                  "own Python, which no weight format changes).", "",
+                  "| model | ms/token | × float32 | × upstream | linear layers ms | output head ms | elsewhere ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, value in ms.items():
+            pair = DECODE_PAIRS.get(name)
+            vs_up = f"{ms[pair] / value:.2f} ({pair})" if pair in ms else "–"
+            sp = split.get(name, {})
+            lines.append(f"| {name} | {value:.1f} | {base / value:.2f} | {vs_up} | " + " | ".join(
+                f"{sp[k]:.1f}" if k in sp else "–" for k in ("linear layers", "output head", "elsewhere")) + " |")
+        lines.append("")
+    elif rounds:
+        lines += ["## SmolLM2-135M decode in interleaved rounds", "", f"failed: {rounds['error']}", ""]
     if results.get("kernels"):
         lines += [f"## Kernels: one layer ({KERNEL_LAYER} of SmolLM2-135M, 576 × 1536)", "",
                   "Forward of one quantized layer at 1 row (decoding) and 64 rows (prefill), median of repeats, each path in "
@@ -577,6 +688,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="*",
                         help="measure only these rows (names as in the tables) and merge them into the existing "
                              "results.json; every other row is kept as it was")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help=f"interleaved decode rounds on SmolLM2 (the '{ROUNDS_JOB}' table; 0 skips it)")
     parser.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks/ go (default: docs)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -614,6 +727,21 @@ def model_jobs(model_name: str, src: Path, tokenizer: Path | None, work: Path, p
     for job in jobs:
         job.update(src=str(src), tokenizer=str(tokenizer) if tokenizer else None)
     return jobs
+
+
+ROUNDS_JOB = "decode rounds"
+
+
+def rounds_job(src: Path, saved_dir: Path, saved: list[str], upstream: list[str], rounds: int) -> dict[str, Any]:
+    """The interleaved decode measurement: float32, bfloat16, the qcore presets that have an upstream
+    counterpart (and that counterpart) or are in DECODE_ROUNDS_EXTRA, each as saved by its own row."""
+    models: list[tuple[str, str]] = [("float32", "float32"), ("bfloat16", "bfloat16")]
+    for preset in [*DECODE_PAIRS, *DECODE_ROUNDS_EXTRA]:
+        if preset in saved:
+            models.append((preset, str(saved_dir / preset)))
+            if DECODE_PAIRS.get(preset) in upstream:
+                models.append((DECODE_PAIRS[preset], "upstream"))
+    return {"name": ROUNDS_JOB, "kind": "rounds", "src": str(src), "tokenizer": str(src), "models": models, "rounds": rounds}
 
 
 def _merge(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -675,6 +803,11 @@ def run_bench(args: argparse.Namespace) -> int:
             "SmolLM2-135M")
         saved = [r.get("job", r["name"]) for r in small_rows if "error" not in r and r.get("job", r["name"]) in presets]
         run(results.setdefault("kernels", []), kernel_jobs(small, work / "SmolLM2-135M", saved, args.int8_act), "kernels")
+        if args.rounds and (only is None or ROUNDS_JOB in only):
+            print(f"[SmolLM2-135M] {ROUNDS_JOB} ...", flush=True)
+            results["decode_rounds"] = run_job(rounds_job(small, work / "SmolLM2-135M", saved, args.upstream, args.rounds),
+                                               args.timeout)
+            write()
     if not args.skip_big:
         big = synthetic_llama(work)
         name = "synthetic llama 1.1B (random weights)"

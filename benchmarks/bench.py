@@ -198,7 +198,8 @@ def _time_split(model: Any, ids: Any, steps: int = 16) -> dict[str, float]:
     spent = {"linear layers": 0.0, "output head": 0.0}
     wrapped = []
     for module in model.modules():
-        if module is head or (type(module).__name__.endswith("Linear") and not list(module.children())):
+        linear = hasattr(module, "in_features") and hasattr(module, "out_features") and not list(module.children())
+        if module is head or linear:
             key = "output head" if module is head else "linear layers"
 
             def timed(*a: Any, _f: Any = module.forward, _k: str = key, **kw: Any) -> Any:

@@ -171,6 +171,29 @@ def test_native_matmul_matches_float64_and_bitsandbytes(variant, real_weight, qu
         torch.testing.assert_close(got, ref.reshape(got.shape), rtol=1e-4, atol=1e-4 * exact.abs().max().item())
 
 
+@pytest.mark.parametrize("blocksize", [16, 32, 48, 64, 128])  # whole split steps per block (32, 64, 128) or not
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("code_kind", ["affine", "nf4"])
+def test_native_gemv_paths_match_float64(variant, blocksize, rows, code_kind):
+    """The shared lookup GEMV on every ISA: decoding (one row) takes the split path where a block holds whole
+    split steps (x permuted once, nibbles converted directly when the code is 0..15); the affine form
+    (``lut4_gemm_affine``) subtracts s*z times each block's sum of x."""
+    torch.manual_seed(blocksize + rows)
+    n, k = 40, 384
+    packed = torch.randint(0, 256, (n * k // 2,), dtype=torch.uint8)
+    absmax, szeros = torch.rand(n * k // blocksize) + 0.1, torch.randn(n * k // blocksize)
+    code = torch.arange(16, dtype=torch.float32) if code_kind == "affine" else kernels.code_4bit("nf4")
+    x = torch.randn(rows, k)
+    nibbles = torch.stack([packed >> 4, packed & 15], dim=1).view(-1).long()
+    w = (code.double()[nibbles].view(-1, blocksize) * absmax.double().unsqueeze(1)).view(n, k)
+    exact = x.double() @ w.T
+    got = torch.ops.qcore_bnb.lut4_gemm(x, packed, absmax, code, n, k, blocksize)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    zero_term = x.double().view(rows, -1, blocksize).sum(-1) @ szeros.double().view(n, -1).T
+    got = torch.ops.qcore_bnb.lut4_gemm_affine(x, packed, absmax, code, szeros, n, k, blocksize)
+    torch.testing.assert_close(got.double(), exact - zero_term, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+
+
 def test_the_binary_was_built_at_install_and_dispatches_at_run_time():
     from qcore_bnb import ops
 

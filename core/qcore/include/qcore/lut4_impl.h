@@ -22,6 +22,8 @@
 #define v_set1 QC_V(v_set1)
 #define v_sum QC_V(v_sum)
 #define v_load_i8 QC_V(v_load_i8)
+#define v_decode_split QC_V(v_decode_split)
+#define v_lookup QC_V(v_lookup)
 
 #if QC_VARIANT == QC_ISA_AVX512
 #define QC_SIMD 16
@@ -44,11 +46,26 @@ static inline vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm512_set1_ps(f); }
 static inline float v_sum(vec v) { return _mm512_reduce_add_ps(v); }
 static inline vec v_load_i8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
+/* 32 values from 16 bytes, unshuffled: the high nibbles (elements 0, 2, .., 30) and the low ones (1, 3, .., 31);
+ * ident: the code is 0..15, so a value is its nibble (a convert, not a table lookup) */
+static inline void v_decode_split(const uint8_t *p, codes_t codes, int ident, vec *even, vec *odd) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m128i m = _mm_set1_epi8(0x0F);
+    __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m));
+    __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(b, m));
+    *even = ident ? _mm512_cvtepi32_ps(hi) : _mm512_permutexvar_ps(hi, codes);
+    *odd = ident ? _mm512_cvtepi32_ps(lo) : _mm512_permutexvar_ps(lo, codes);
+}
 #elif QC_VARIANT == QC_ISA_AVX2
 #define QC_SIMD 8
 typedef __m256 vec;
 typedef struct { __m256 lo, hi; } codes_t;
 static inline codes_t v_codes(const float *code) { codes_t c = {_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; return c; }
+/* code[idx] for 8 indices 0..15: a permute of each half of the code, the half picked by bit 3 */
+static inline vec v_lookup(__m256i idx, codes_t codes) {
+    __m256 lo = _mm256_permutevar8x32_ps(codes.lo, idx), hi = _mm256_permutevar8x32_ps(codes.hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
 /* 8 values from 4 bytes */
 static inline vec v_decode(const uint8_t *p, codes_t codes) {
     uint32_t w;
@@ -56,9 +73,7 @@ static inline vec v_decode(const uint8_t *p, codes_t codes) {
     __m128i b = _mm_cvtsi32_si128((int)w);
     __m128i m = _mm_set1_epi8(0x0F);
     __m128i pairs = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-    __m256i idx = _mm256_cvtepu8_epi32(pairs);
-    __m256 lo = _mm256_permutevar8x32_ps(codes.lo, idx), hi = _mm256_permutevar8x32_ps(codes.hi, idx);
-    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    return v_lookup(_mm256_cvtepu8_epi32(pairs), codes);
 }
 static inline vec v_zero(void) { return _mm256_setzero_ps(); }
 static inline vec v_load(const float *p) { return _mm256_loadu_ps(p); }
@@ -68,6 +83,15 @@ static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
 static inline vec v_set1(float f) { return _mm256_set1_ps(f); }
 static inline vec v_load_i8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+/* 16 values from 8 bytes, unshuffled: the high nibbles (elements 0, 2, .., 14) and the low ones (1, 3, .., 15) */
+static inline void v_decode_split(const uint8_t *p, codes_t codes, int ident, vec *even, vec *odd) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)p);
+    __m128i m = _mm_set1_epi8(0x0F);
+    __m256i hi = _mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m));
+    __m256i lo = _mm256_cvtepu8_epi32(_mm_and_si128(b, m));
+    *even = ident ? _mm256_cvtepi32_ps(hi) : v_lookup(hi, codes);
+    *odd = ident ? _mm256_cvtepi32_ps(lo) : v_lookup(lo, codes);
+}
 static inline float v_sum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -110,16 +134,66 @@ static void QC_V(qc_lut4_dequant)(const uint8_t *packed, const float *absmax, co
     }
 }
 
+#if QC_VARIANT != QC_ISA_PORTABLE
+#define QC_SPLIT (2 * QC_SIMD) /* values decoded per step of the split path */
+/* One row of W (kb blocks) against x permuted by QC_V(split_x): no nibble interleaving in the loop */
+static inline vec QC_V(row_dot_split)(const uint8_t *row, const float *am, const float *xp, int64_t kb,
+                                      int64_t blocksize, codes_t codes, int ident) {
+    vec total = v_zero();
+    for (int64_t b = 0; b < kb; b++) {
+        vec s0 = v_zero(), s1 = v_zero();
+        const uint8_t *p = row + b * blocksize / 2;
+        const float *xb = xp + b * blocksize;
+        for (int64_t j = 0; j < blocksize; j += QC_SPLIT) {
+            vec even, odd;
+            v_decode_split(p + j / 2, codes, ident, &even, &odd);
+            s0 = v_fma(even, v_load(xb + j), s0);
+            s1 = v_fma(odd, v_load(xb + j + QC_SIMD), s1);
+        }
+        total = v_fma(v_add(s0, s1), v_set1(am[b]), total);
+    }
+    return total;
+}
+
+/* x (K) -> xp (K): in each QC_SPLIT values, the even elements first, then the odd ones */
+static inline void QC_V(split_x)(const float *x, int64_t K, float *xp) {
+    for (int64_t c = 0; c < K; c += QC_SPLIT)
+        for (int64_t i = 0; i < QC_SIMD; i++) {
+            xp[c + i] = x[c + 2 * i];
+            xp[c + QC_SIMD + i] = x[c + 2 * i + 1];
+        }
+}
+#endif
+
 /* szeros, xsums: NULL, or the affine term: y[m, n] -= sum_b szeros[n * kb + b] * xsums[m * kb + b] */
 static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8_t *packed, const float *absmax,
                                const float *code, const float *szeros, const float *xsums, int64_t N,
                                int64_t blocksize, float *y, int threads) {
     const int64_t kb = K / blocksize;
+    float *xp = NULL; /* decoding (M == 1) with whole split steps per block: x permuted once, then the split path */
+    int ident = 1;    /* the code is 0..15 (affine int4): values are the nibbles themselves */
+    for (int i = 0; i < 16; i++) ident &= code[i] == (float)i;
+#if QC_VARIANT != QC_ISA_PORTABLE
+    if (M == 1 && blocksize % QC_SPLIT == 0 && (xp = (float *)malloc((size_t)K * sizeof(float))) != NULL)
+        QC_V(split_x)(x, K, xp);
+#endif
     (void)threads;
+    (void)ident;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = packed + n * (K / 2);
         const float *am = absmax + n * kb;
+#if QC_VARIANT != QC_ISA_PORTABLE
+        if (xp) {
+            vec total = ident ? QC_V(row_dot_split)(row, am, xp, kb, blocksize, v_codes(code), 1)
+                              : QC_V(row_dot_split)(row, am, xp, kb, blocksize, v_codes(code), 0);
+            float out = v_sum(total);
+            if (szeros)
+                for (int64_t b = 0; b < kb; b++) out -= szeros[n * kb + b] * xsums[b];
+            y[n] = out;
+            continue;
+        }
+#endif
         if (M == 1) {
             vec total = v_zero();
             for (int64_t b = 0; b < kb; b++) {
@@ -161,6 +235,7 @@ static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8
             y[m * N + n] = out;
         }
     }
+    free(xp);
 }
 
 static void QC_V(qc_int8_gemm)(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales, int64_t N,
@@ -200,5 +275,8 @@ static void QC_V(qc_int8_gemm)(const float *x, int64_t M, int64_t K, const int8_
 #undef v_set1
 #undef v_sum
 #undef v_load_i8
+#undef v_decode_split
+#undef v_lookup
+#undef QC_SPLIT
 #undef QC_V
 #undef QC_SFX

@@ -8,7 +8,9 @@
 3. Block by block: forward hooks on the block's targeted linears feed
    ``calibration_add_batch``; the plugin's ``quantize_calibrated`` returns each quantized
    module, which is swapped in; the block's outputs, recomputed with the quantized
-   block, become the next block's inputs. With ``true_sequential`` the linears are
+   block, become the next block's inputs (a config with ``next_block_inputs = "float"``,
+   AWQ's, passes on the outputs of the block before it was quantized instead, as AutoAWQ
+   does). With ``true_sequential`` the linears are
    processed in groups in execution order (those reading the same input together:
    q/k/v, then o, then gate/up, then down), re-running the block between groups.
 
@@ -362,6 +364,9 @@ def _calibrate(model: nn.Module, config: QuantizationConfig, calibration: Calibr
     dtype = compute_dtype(config, device)
     if any(hasattr(m, "_hf_hook") for m in blocks.modules()):
         dtype = None  # accelerate's offload hooks belong to the block itself: run it as it is
+    propagate = type(config).next_block_inputs
+    if propagate not in ("quantized", "float"):
+        raise QcoreError(f"{type(config).__name__}.next_block_inputs is {propagate!r}; a plugin sets 'quantized' or 'float'")
     hooks = registry().hook(config)
     hooks.validate_environment(config=config, device_map=device, model=model, modules=modules)
     for name in modules:
@@ -400,12 +405,16 @@ def _calibrate(model: nn.Module, config: QuantizationConfig, calibration: Calibr
             groups = [[prefix + local for local in group] for group in known_orders[shape]]
         else:
             groups = [list(names.values())]
+        float_outputs = None
+        if propagate == "float":
+            with phase("outputs"):
+                float_outputs = _run_block(work, inputs, kwargs_list, spans)
         for group in groups:
             _calibrate_group(model, work, prefix, group, modules, inputs, kwargs_list, spans, hooks, dtype)
             done += len(group)
             bar.set_postfix_str(f"{done}/{len(modules)} linears")
         with phase("outputs"):
-            inputs = _run_block(work, inputs, kwargs_list, spans)
+            inputs = _run_block(work, inputs, kwargs_list, spans) if float_outputs is None else float_outputs
         del work
         block.to(home)
         bar.update(1)

@@ -28,6 +28,10 @@ class QuantizationConfig:
 
     - ``quant_method``: the method name, as in config.json.
     - ``requires_calibration``: True when quantizing needs data (GPTQ, AWQ).
+    - ``next_block_inputs``: with calibration, what the next decoder block sees: "quantized" (the
+      default, as GPTQ: each block's outputs recomputed with its quantized linears) or "float" (as
+      AutoAWQ: each block's outputs before it is quantized, so every block is searched on the float
+      model's activations).
     - ``known_foreign_keys``: keys other tools write into ``quantization_config`` that
       this method may ignore when reading a checkpoint (kept and written back as they were).
 
@@ -39,6 +43,7 @@ class QuantizationConfig:
 
     quant_method: ClassVar[str] = ""
     requires_calibration: ClassVar[bool] = False
+    next_block_inputs: ClassVar[str] = "quantized"
     known_foreign_keys: ClassVar[frozenset[str]] = frozenset()
 
     modules_to_not_convert: list[str] | None = None

@@ -22,6 +22,8 @@ class AWQConfig(QuantizationConfig):
 
     quant_method = "awq"
     requires_calibration = True
+    # as AutoAWQ: block i + 1 is searched on block i's outputs before block i was scaled and quantized
+    next_block_inputs = "float"
     # keys transformers' AwqConfig inherits from GPTQConfig, and keys of its fused/exllama
     # options: they do not change the tensors, so they are kept as they are and ignored
     known_foreign_keys = frozenset({

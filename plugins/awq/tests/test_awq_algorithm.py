@@ -29,8 +29,8 @@ def calibration_ids():
 
 
 @pytest.fixture(scope="module")
-def qcore_block0(float_dir, calibration_ids):
-    """What qcore's AWQ chose for block 0 (the first BlockRun's result)."""
+def qcore_blocks(float_dir, calibration_ids):
+    """What qcore's AWQ chose for each block (each BlockRun's result, in order)."""
     results = []
     original = awq_block.BlockRun.run
 
@@ -45,7 +45,12 @@ def qcore_block0(float_dir, calibration_ids):
         qcore.quantize(model, qcore.config("awq", group_size=GROUP_SIZE), calibration=calibration_ids, progress=False)
     finally:
         awq_block.BlockRun.run = original
-    return results[0]
+    return results
+
+
+@pytest.fixture(scope="module")
+def qcore_block0(qcore_blocks):
+    return qcore_blocks[0]
 
 
 def capture_block_inputs(model, layer, ids):
@@ -116,6 +121,17 @@ def autoawq_block0(float_dir, calibration_ids):
     return autoawq_choices(model.model.layers[0], x, kwargs, GROUP_SIZE)
 
 
+@pytest.fixture(scope="module")
+def autoawq_block1(float_dir, calibration_ids):
+    """AutoAWQ on block 1, fed what its quantize loop feeds it: block 0's outputs before block 0 was scaled and
+    quantized, i.e. the float model's activations at block 1."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(float_dir, dtype=torch.float32).eval()
+    x, kwargs = capture_block_inputs(model, model.model.layers[1], calibration_ids)
+    return autoawq_choices(model.model.layers[1], x, kwargs, GROUP_SIZE)
+
+
 def assert_same_choices(ours, theirs, min_same_clips=1.0):
     """Same scales for every group; the same clip threshold for (at least ``min_same_clips`` of) every
     (output channel, group): qcore sums x*w with a batched matmul, AutoAWQ element by element, so a
@@ -147,6 +163,11 @@ def test_scale_ratios_match_autoawq(qcore_block0, autoawq_block0):
 def test_clip_thresholds_match_autoawq(qcore_block0, autoawq_block0):
     assert set(autoawq_block0[1]) == {"self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
     assert_same_choices(qcore_block0, autoawq_block0)
+
+
+def test_the_next_block_is_searched_on_float_activations_as_autoawq_does(qcore_blocks, autoawq_block1):
+    assert len(qcore_blocks) >= 2
+    assert_same_choices(qcore_blocks[1], autoawq_block1)
 
 
 @pytest.mark.slow

@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qcore import int4
+from qcore import int4, native
 
 from . import kernels
 from .format import AWQTensors, from_tensors, pack_awq_order, to_tensors, unpack_awq_order
+
+
+def triton_kernels():
+    """qcore_awq.triton_kernels, or None when Triton is not installed."""
+    return native.optional_module("qcore_awq.triton_kernels")
 
 
 class AWQLinear(nn.Module):
@@ -95,6 +100,10 @@ class AWQLinear(nn.Module):
         if (self.fast is not None and x.device.type == "cpu" and rows <= self.fast.max_rows
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             y = self.fast.matmul(x)
+        elif (x.is_cuda and self.qweight is not None and triton_kernels() is not None
+              and not (torch.is_grad_enabled() and x.requires_grad)):
+            y = triton_kernels().matmul(x.reshape(rows, self.in_features), self.qweight, self.qzeros, self.scales,
+                                        self.group_size).reshape(*x.shape[:-1], self.out_features)
         else:
             y = nn.functional.linear(x, self.dequantized_weight(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qcore import int4
+from qcore import int4, native
 
 from . import kernels
 from .bitpack import pack
 from .format import HqqMeta, layer_tensors
+
+
+def triton_kernels():
+    """qcore_hqq.triton_kernels, or None when Triton is not installed."""
+    return native.optional_module("qcore_hqq.triton_kernels")
 
 
 class HqqLinear(nn.Module):
@@ -90,6 +95,12 @@ class HqqLinear(nn.Module):
                 and x.numel() // x.shape[-1] <= self.fast.max_rows
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             y = self.fast.matmul(x)
+        elif (x.is_cuda and self.W_q is not None and self.W_q.dtype == torch.uint8 and self.meta.channel_wise
+              and self.meta.group_size and self.use_fast_kernels and triton_kernels() is not None
+              and not (torch.is_grad_enabled() and x.requires_grad)):
+            meta = self.meta
+            y = triton_kernels().matmul(x.reshape(-1, self.in_features), self.W_q, self.scale, self.zero, meta.nbits,
+                                        meta.group_size, meta.axis, meta.shape).reshape(*x.shape[:-1], self.out_features)
         else:
             y = nn.functional.linear(x, self.dequantized_weight(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -228,10 +228,11 @@ def decode_rounds_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from upstream import UPSTREAM_LOADERS
 
     import qcore
 
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
     if job.get("tokenizer"):
         ids = AutoTokenizer.from_pretrained(job["tokenizer"])("The licence gives you the freedom to", return_tensors="pt").input_ids
     else:
@@ -252,7 +253,7 @@ def decode_rounds_worker(job: dict[str, Any]) -> dict[str, Any]:
             for name, model in models.items():
                 ms[name].append(_decode_ms(model, ids, 16))
         split = {name: _time_split(model, ids) for name, model in models.items()}
-    return {"name": job["name"], "kind": "rounds", "rounds": job["rounds"],
+    return {"name": job["name"], "kind": "rounds", "rounds": job["rounds"], "threads": torch.get_num_threads(),
             "ms": {name: statistics.median(v) for name, v in ms.items()}, "ms_all": ms, "split": split}
 
 
@@ -573,18 +574,20 @@ def markdown(results: dict[str, Any]) -> str:
         base = ms.get("float32")
         lines += ["## SmolLM2-135M decode in interleaved rounds", "",
                   f"All these models held in one process and decoded in turn, {rounds['rounds']} rounds of 16 tokens each "
+                  f"on {rounds.get('threads', '?')} torch thread(s) "
                   "(batch 1, KV cache, greedy, after the same prompt), so the machine's noise falls on every model alike: "
                   "the median ms per token, its speed-up over float32 and over the upstream library doing the same thing "
                   "(*× upstream*: upstream time / qcore time), and where one decode step's time goes (the quantized linear "
                   "layers, the output head, and everything else: norms, attention, rotary, the KV cache and transformers' "
                   "own Python, which no weight format changes).", "",
-                  "| model | ms/token | × float32 | × upstream | linear layers ms | output head ms | elsewhere ms |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | ms/token | fastest round | × float32 | × upstream | linear layers ms | output head ms | elsewhere ms |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, value in ms.items():
             pair = DECODE_PAIRS.get(name)
             vs_up = f"{ms[pair] / value:.2f} ({pair})" if pair in ms else "–"
             sp = split.get(name, {})
-            lines.append(f"| {name} | {value:.1f} | {base / value:.2f} | {vs_up} | " + " | ".join(
+            fastest = f"{min(rounds['ms_all'][name]):.1f}" if name in rounds.get("ms_all", {}) else "–"
+            lines.append(f"| {name} | {value:.1f} | {fastest} | {base / value:.2f} | {vs_up} | " + " | ".join(
                 f"{sp[k]:.1f}" if k in sp else "–" for k in ("linear layers", "output head", "elsewhere")) + " |")
         lines.append("")
     elif rounds:
@@ -691,6 +694,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "results.json; every other row is kept as it was")
     parser.add_argument("--rounds", type=int, default=5,
                         help=f"interleaved decode rounds on SmolLM2 (the '{ROUNDS_JOB}' table; 0 skips it)")
+    parser.add_argument("--rounds-threads", type=int, help="torch threads for the interleaved rounds (default: torch's)")
     parser.add_argument("--out", default="docs", help="where benchmarks.md and benchmarks/ go (default: docs)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -733,7 +737,8 @@ def model_jobs(model_name: str, src: Path, tokenizer: Path | None, work: Path, p
 ROUNDS_JOB = "decode rounds"
 
 
-def rounds_job(src: Path, saved_dir: Path, saved: list[str], upstream: list[str], rounds: int) -> dict[str, Any]:
+def rounds_job(src: Path, saved_dir: Path, saved: list[str], upstream: list[str], rounds: int,
+               threads: int | None = None) -> dict[str, Any]:
     """The interleaved decode measurement: float32, bfloat16, the qcore presets that have an upstream
     counterpart (and that counterpart) or are in DECODE_ROUNDS_EXTRA, each as saved by its own row."""
     models: list[tuple[str, str]] = [("float32", "float32"), ("bfloat16", "bfloat16")]
@@ -742,7 +747,8 @@ def rounds_job(src: Path, saved_dir: Path, saved: list[str], upstream: list[str]
             models.append((preset, str(saved_dir / preset)))
             if DECODE_PAIRS.get(preset) in upstream:
                 models.append((DECODE_PAIRS[preset], "upstream"))
-    return {"name": ROUNDS_JOB, "kind": "rounds", "src": str(src), "tokenizer": str(src), "models": models, "rounds": rounds}
+    return {"name": ROUNDS_JOB, "kind": "rounds", "src": str(src), "tokenizer": str(src), "models": models, "rounds": rounds,
+            "threads": threads}
 
 
 def _merge(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -806,8 +812,8 @@ def run_bench(args: argparse.Namespace) -> int:
         run(results.setdefault("kernels", []), kernel_jobs(small, work / "SmolLM2-135M", saved, args.int8_act), "kernels")
         if args.rounds and (only is None or ROUNDS_JOB in only):
             print(f"[SmolLM2-135M] {ROUNDS_JOB} ...", flush=True)
-            results["decode_rounds"] = run_job(rounds_job(small, work / "SmolLM2-135M", saved, args.upstream, args.rounds),
-                                               args.timeout)
+            results["decode_rounds"] = run_job(rounds_job(small, work / "SmolLM2-135M", saved, args.upstream, args.rounds,
+                                                          args.rounds_threads), args.timeout)
             write()
     if not args.skip_big:
         big = synthetic_llama(work)

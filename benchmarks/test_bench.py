@@ -96,24 +96,26 @@ def test_llamacpp_row_without_llama_cpp_says_how_to_install_it(monkeypatch, tmp_
 def test_decode_rounds_table_gives_speedups_over_float32_and_the_upstream_pair():
     rounds = {"name": "decode rounds", "kind": "rounds", "rounds": 3,
               "ms": {"float32": 60.0, "hqq-4bit-g64": 40.0, "hqq-lib-4bit-g64": 200.0},
+              "ms_all": {"float32": [60.0], "hqq-4bit-g64": [41.0, 40.0, 38.5], "hqq-lib-4bit-g64": [200.0]},
               "split": {"hqq-4bit-g64": {"linear layers": 10.0, "output head": 8.0, "elsewhere": 22.0}}}
     results = {"machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gb": 1, "torch": "t", "python": "p"},
                "models": {}, "decode_rounds": rounds}
     text = markdown(results)
-    assert "| hqq-4bit-g64 | 40.0 | 1.50 | 5.00 (hqq-lib-4bit-g64) | 10.0 | 8.0 | 22.0 |" in text
-    assert "| hqq-lib-4bit-g64 | 200.0 | 0.30 | – | – | – | – |" in text
+    assert "| hqq-4bit-g64 | 40.0 | 38.5 | 1.50 | 5.00 (hqq-lib-4bit-g64) | 10.0 | 8.0 | 22.0 |" in text
+    assert "| hqq-lib-4bit-g64 | 200.0 | 200.0 | 0.30 | – | – | – | – |" in text
 
 
 def test_a_rounds_worker_decodes_models_in_turn_and_splits_their_time(float_dir, tmp_path):
     import qcore
 
     qcore.save_quantized(qcore.load_quantized(float_dir, "example-int8", progress=False), tmp_path / "int8")
-    job = rounds_job(float_dir, tmp_path, ["example_int8"], [], rounds=2)
+    job = rounds_job(float_dir, tmp_path, ["example_int8"], [], rounds=2, threads=1)
     job["models"].append(("example_int8", str(tmp_path / "int8")))
     job["tokenizer"] = None
     result = run_job(job, 300)
     assert "error" not in result, result
     assert set(result["ms"]) == {"float32", "bfloat16", "example_int8"} and all(len(v) == 2 for v in result["ms_all"].values())
+    assert result["threads"] == 1
     split = result["split"]["example_int8"]
     assert split["linear layers"] > 0 and split["output head"] > 0
     assert abs(sum(split.values()) - result["ms"]["example_int8"]) < result["ms"]["example_int8"]  # same order of magnitude

@@ -63,10 +63,33 @@ class KernelOps:
     def native(self) -> bool:
         return self.library() is not None
 
+    def bound(self, owner: _Bindable, name: str, *args: object) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> op(x, *args)``: under ``torch.compile`` the op, else a call with the weight ``args`` checked once
+        (:func:`qcore.lut4.register_ops`' ``bind``), kept on ``owner`` until a tensor attribute of it is set
+        (``.to()`` moves replace them)."""
+        if torch.compiler.is_compiling():
+            op = getattr(getattr(torch.ops, self.namespace), name)
+            return lambda x: op(x, *args)
+        cached = owner.__dict__.get("_bound")
+        if cached is None or cached[0] != name:
+            cached = owner.__dict__["_bound"] = (name, self.impl["bind"](name, *args))
+        return cached[1]
+
+
+class _Bindable:
+    """A weight layout whose decode call is bound to its tensors (:meth:`KernelOps.bound`): setting any tensor
+    attribute drops the binding."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            self.__dict__.pop("_bound", None)
+        object.__setattr__(self, name, value)
+
 
 def plugin_ops(namespace: str, prefix: str) -> KernelOps:
     """Register the lookup ops of a plugin whose ``_kernels`` binary is ``QC_LUT4_EXPORTS(prefix)`` (its
-    ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_q8, lut4_dequantize, int8_gemm}``,
+    ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_affine, lut4_gemm_q8, lut4_dequantize,
+    int8_gemm}``,
     checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
     the ops run their torch definitions and this module picks torch's own int4 GEMM where it can)."""
 
@@ -93,7 +116,7 @@ def _padded(k: int, group_size: int) -> int:
     return -(-k // group_size) * group_size
 
 
-class _AffineInt4:
+class _AffineInt4(_Bindable):
     """What both layouts share: groups, the optional column order, padding and the codes' way back."""
 
     gemv_rows = 8
@@ -207,8 +230,8 @@ class Int4LutWeight(_AffineInt4):
             x2 = x2.float().contiguous()
         n, k = self.shape
         if x2.shape[0] <= self.gemv_rows and not self.int8_activations:  # decoding: one call, nothing else
-            y = self.ops.op("lut4_gemm_affine")(x2, self.packed, self.scales, self.code, self.scaled_zeros, n, k,
-                                                self.group_size)
+            y = self.ops.bound(self, "lut4_gemm_affine", self.packed, self.scales, self.code, self.scaled_zeros, n, k,
+                               self.group_size)(x2)
             return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (n,))
         if self.int8_activations and x2.shape[0] <= lut4.Q8_MAX_ROWS:
             y = self.ops.op("lut4_gemm_q8")(x2, self.packed, self.scales, self.code_i8, 1.0, n, k, self.group_size)
@@ -338,7 +361,7 @@ def affine_int4_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.T
     return None
 
 
-class Int8RowWeight:
+class Int8RowWeight(_Bindable):
     """``y = x @ (weight * scales[:, None]).T``: int8 ``weight (n, k)``, float32 ``scales (n,)``.
 
     Up to ``gemv_rows`` rows (decoding), the plugin's int8 GEMV (``int8_gemm``; torch's
@@ -371,7 +394,7 @@ class Int8RowWeight:
         if x2.shape[0] <= self.gemv_rows:
             if x2.dtype is not torch.float32 or not x2.is_contiguous():
                 x2 = x2.float().contiguous()
-            y = self.ops.op("int8_gemm")(x2, self.weight, self.scales)
+            y = self.ops.bound(self, "int8_gemm", self.weight, self.scales)(x2)
             return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (self.out_features,))
         if x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
             w = lut4.scratch(self.weight.numel(), torch.float32).view(self.weight.shape)

@@ -201,7 +201,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
     :param prefix: the ``QC_LUT4_EXPORTS`` prefix its binary was built with, e.g. ``"qcbnb"``.
     :param library: returns the loaded binary (:func:`qcore.native.load_library`) or None (torch paths).
     :returns: the checked Python implementations by name (what the ops run), for callers that want to
-        skip the dispatcher's overhead on a hot path.
+        skip the dispatcher's overhead on a hot path, and ``"bind"``: ``bind(op_name, *weight_args)``
+        returns a call of x alone whose weight arguments were checked once (decoding calls it per token).
     """
 
     c_lut4_gemm, c_lut4_gemm_affine, c_lut4_gemm_q8, c_lut4_dequant, c_int8_gemm = (
@@ -335,7 +336,46 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
                          "absmax": (absmax, torch.float32, (n * k // blocksize,)), "code_i8": (code_i8, torch.int8, (16,))})
         return x.new_empty(x.shape[0], n)
 
-    ops = {}
+    def bind(name: str, *weights_and_shape: object) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> name(x, *weights_and_shape)`` with the weight arguments checked once, here, for the decode hot
+        path (``lut4_gemm_affine`` or ``int8_gemm``). Each call still checks x in full, and that every weight
+        tensor still has the same data pointer and at least the storage it was checked with (so nothing C
+        reads can have been freed or shrunk); else :class:`qcore.native.KernelArgumentError`. The bound
+        call keeps the weights alive: bind again after replacing them."""
+        impl = {"lut4_gemm_affine": lut4_gemm_affine, "int8_gemm": int8_gemm}[name]
+        op = f"{namespace}.{name}"
+        if name == "int8_gemm":
+            weight, scales = weights_and_shape
+            n, k = weight.shape
+            impl(torch.zeros(1, k), weight, scales)  # the full checks of the op, once
+            tensors, c_fn, extra = (weight, scales), c_int8_gemm, (n,)
+        else:
+            packed, absmax, code, szeros, n, k, blocksize = weights_and_shape
+            impl(torch.zeros(1, k), packed, absmax, code, szeros, n, k, blocksize)
+            tensors, c_fn, extra = (packed, absmax, code, szeros), c_lut4_gemm_affine, (n, blocksize)
+        pointers = [t.data_ptr() for t in tensors]
+        needed = [(t.storage_offset() + t.numel()) * t.element_size() for t in tensors]
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            _check_rows(op, x, MAX_ROWS)
+            check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
+            for t, pointer, size in zip(tensors, pointers, needed, strict=True):
+                if t.data_ptr() != pointer or t.untyped_storage().nbytes() < size:
+                    check(op, False, "a bound weight tensor was replaced or resized since it was bound; bind again")
+            lib = library()
+            if lib is None or x.shape[0] == 0:
+                return impl(x, *weights_and_shape)
+            y = torch.empty(x.shape[0], n, dtype=torch.float32)
+            if name == "int8_gemm":
+                getattr(lib, c_fn)(x.data_ptr(), x.shape[0], k, pointers[0], pointers[1], n, y.data_ptr(),
+                                   native.num_threads())
+            elif getattr(lib, c_fn)(x.data_ptr(), x.shape[0], k, *pointers, *extra, y.data_ptr(), native.num_threads()):
+                raise MemoryError(f"{op}: could not allocate {4 * x.shape[0] * k // extra[1]} bytes for the block sums of x")
+            return y
+
+        return call
+
+    ops: dict[str, Callable] = {"bind": bind}
     for name, impl, fake, mutates in (("lut4_gemm", lut4_gemm, lut4_gemm_fake, ()),
                                       ("lut4_gemm_affine", lut4_gemm_affine, lut4_gemm_affine_fake, ()),
                                       ("lut4_gemm_q8", lut4_gemm_q8, lut4_gemm_q8_fake, ()),

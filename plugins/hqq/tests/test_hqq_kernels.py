@@ -111,3 +111,24 @@ def test_int8_kernel_matches_an_independent_reference_and_round_trips(out_featur
     assert y.dtype == dtype
     err = ((y.double() - expected).norm() / expected.norm()).item()
     assert err < (1e-5 if dtype == torch.float32 else 1e-2), err
+
+
+def test_the_bound_decode_call_follows_replaced_weights_and_refuses_freed_ones():
+    """Decoding binds the kernel call to the layout's tensors once (weights checked at bind time): a replaced
+    tensor makes a new binding; storage freed under it is a Python error, never a read of freed memory."""
+    from qcore.native import KernelArgumentError
+
+    layer, W_q, scale, zero, meta = make_layer(64, 128)
+    x = torch.randn(1, 128)
+    with torch.no_grad():
+        before = layer(x)
+        layer.fast.scales = layer.fast.scales * 2  # a new tensor: s*q doubles, the zero term s*z stays
+        doubled = layer(x)
+        weight = plain_dequantize(W_q, scale, zero, meta).double()
+        zero_term = (scale * zero).double().view(64, -1)
+        expected = x.double() @ (2 * weight.view(64, -1, 64) + zero_term.unsqueeze(-1)).view(64, 128).T
+        torch.testing.assert_close(doubled.double() - layer.bias.double(), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(before, doubled)
+        layer.fast.packed.untyped_storage().resize_(0)
+        with pytest.raises(KernelArgumentError, match="replaced or resized"):
+            layer(x)

@@ -42,5 +42,11 @@ def test_qcore_awq_checkpoint_loads_in_transformers(tmp_path, group_size):
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs, mine = hf(ids).logits.float(), ours(ids).logits
-    assert (theirs.argmax(-1) == mine.argmax(-1)).float().mean() >= 0.98
-    torch.testing.assert_close(theirs, mine, rtol=0, atol=0.01 * mine.abs().max().item())
+    atol = 0.01 * mine.abs().max().item()
+    torch.testing.assert_close(theirs, mine, rtol=0, atol=atol)
+    # greedy tokens agree wherever qcore's top two logits are further apart than the two runs differ anywhere
+    # (transformers computes in float16: a near-tie on a random tiny model may fall either way)
+    top2 = mine.topk(2, dim=-1).values
+    decided = (top2[..., 0] - top2[..., 1]) > 2 * (theirs - mine).abs().max()
+    assert decided.float().mean() >= 0.5, "too few clear-cut positions for the comparison to mean anything"
+    assert torch.equal(theirs.argmax(-1)[decided], mine.argmax(-1)[decided])

@@ -221,7 +221,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             return torch_gemm(x, packed, absmax, code, n, k, blocksize)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
         getattr(lib, c_lut4_gemm)(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
-                                            code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
+                                  code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
         return y
 
     def lut4_gemm_affine(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
@@ -239,8 +239,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             return y.addmm(x.view(x.shape[0], -1, blocksize).sum(-1), szeros.view(n, -1).T, alpha=-1)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
         status = getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), x.shape[0], k, packed.data_ptr(),
-                                                            absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n,
-                                                            blocksize, y.data_ptr(), native.num_threads())
+                                                  absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n,
+                                                  blocksize, y.data_ptr(), native.num_threads())
         if status != 0:
             raise MemoryError(f"{op}: could not allocate {4 * x.shape[0] * k // blocksize} bytes for the block sums of x")
         return y
@@ -270,7 +270,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             torch_dequantize(packed, absmax, code, n, k, blocksize, out)
             return
         getattr(lib, c_lut4_dequant)(packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), n * k, blocksize,
-                                               out.data_ptr(), int(out.dtype == torch.bfloat16), native.num_threads())
+                                     out.data_ptr(), int(out.dtype == torch.bfloat16), native.num_threads())
 
     def lut4_dequantize_fake(packed, absmax, code, n, k, blocksize, out):
         op = f"{namespace}.lut4_dequantize"
@@ -291,7 +291,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             return torch.ops.aten._weight_int8pack_mm(x, weight, scales) if x.shape[0] else x.new_empty(0, n)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
         getattr(lib, c_int8_gemm)(x.data_ptr(), x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n,
-                                            y.data_ptr(), native.num_threads())
+                                  y.data_ptr(), native.num_threads())
         return y
 
     def int8_gemm_fake(x, weight, scales):
@@ -323,8 +323,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             return torch_gemm(xd, packed, absmax, code_i8.float() * code_scale_inv, n, k, blocksize)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)
         status = getattr(lib, c_lut4_gemm_q8)(x.data_ptr(), x.shape[0], k, packed.data_ptr(), absmax.data_ptr(),
-                                                        code_i8.data_ptr(), code_scale_inv, n, blocksize, y.data_ptr(),
-                                                        native.num_threads())
+                                              code_i8.data_ptr(), code_scale_inv, n, blocksize, y.data_ptr(),
+                                              native.num_threads())
         if status != 0:
             raise MemoryError(f"{op}: could not allocate {x.shape[0] * k} bytes for the quantized activations")
         return y

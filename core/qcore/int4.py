@@ -229,17 +229,15 @@ class Int4LutWeight(_AffineInt4):
         if x2.dtype is not torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
         n, k = self.shape
-        if x2.shape[0] <= self.gemv_rows and not self.int8_activations:  # decoding: one call, nothing else
-            y = self.ops.bound(self, "lut4_gemm_affine", self.packed, self.scales, self.code, self.scaled_zeros, n, k,
-                               self.group_size)(x2)
-            return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (n,))
         if self.int8_activations and x2.shape[0] <= lut4.Q8_MAX_ROWS:
             y = self.ops.op("lut4_gemm_q8")(x2, self.packed, self.scales, self.code_i8, 1.0, n, k, self.group_size)
             # the zero-point term on the same int8 x the kernel used, so s*(q - z) sees one x
             q, dx = lut4.quantize_rows_q8(x2)
             x2 = (q.float().view(q.shape[0], -1, lut4.Q8_BLOCK) * dx.unsqueeze(-1)).view_as(x2)
-        elif x2.shape[0] <= self.gemv_rows:
-            y = self.ops.op("lut4_gemm")(x2, self.packed, self.scales, self.code, n, k, self.group_size)
+        elif x2.shape[0] <= self.gemv_rows:  # decoding: one call, the zero term included
+            y = self.ops.bound(self, "lut4_gemm_affine", self.packed, self.scales, self.code, self.scaled_zeros, n, k,
+                               self.group_size)(x2)
+            return (y if x.dtype is torch.float32 else y.to(x.dtype)).view(x.shape[:-1] + (n,))
         else:
             training = torch.is_grad_enabled() and x.requires_grad
             w = torch.empty(n, k) if training else lut4.scratch(n * k, torch.float32).view(n, k)

@@ -224,6 +224,21 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
                                   code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
         return y
 
+    # the C calls of the two decode ops, on pointers already checked (by the op, or once by bind)
+    def c_affine(lib: ctypes.CDLL, x: torch.Tensor, k: int, packed_p: int, absmax_p: int, code_p: int, szeros_p: int,
+                 n: int, blocksize: int) -> torch.Tensor:
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        if getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), x.shape[0], k, packed_p, absmax_p, code_p, szeros_p, n,
+                                            blocksize, y.data_ptr(), native.num_threads()):
+            raise MemoryError(f"{namespace}.lut4_gemm_affine: could not allocate {4 * x.shape[0] * k // blocksize} "
+                              "bytes for the block sums of x")
+        return y
+
+    def c_int8(lib: ctypes.CDLL, x: torch.Tensor, k: int, weight_p: int, scales_p: int, n: int) -> torch.Tensor:
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        getattr(lib, c_int8_gemm)(x.data_ptr(), x.shape[0], k, weight_p, scales_p, n, y.data_ptr(), native.num_threads())
+        return y
+
     def lut4_gemm_affine(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
                          szeros: torch.Tensor, n: int, k: int, blocksize: int) -> torch.Tensor:
         op = f"{namespace}.lut4_gemm_affine"
@@ -237,13 +252,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if lib is None:
             y = torch_gemm(x, packed, absmax, code, n, k, blocksize)
             return y.addmm(x.view(x.shape[0], -1, blocksize).sum(-1), szeros.view(n, -1).T, alpha=-1)
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        status = getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), x.shape[0], k, packed.data_ptr(),
-                                                  absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n,
-                                                  blocksize, y.data_ptr(), native.num_threads())
-        if status != 0:
-            raise MemoryError(f"{op}: could not allocate {4 * x.shape[0] * k // blocksize} bytes for the block sums of x")
-        return y
+        return c_affine(lib, x, k, packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n, blocksize)
 
     def lut4_gemm_affine_fake(x, packed, absmax, code, szeros, n, k, blocksize):
         op = f"{namespace}.lut4_gemm_affine"
@@ -289,10 +298,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         lib = library()
         if lib is None or x.shape[0] == 0:
             return torch.ops.aten._weight_int8pack_mm(x, weight, scales) if x.shape[0] else x.new_empty(0, n)
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        getattr(lib, c_int8_gemm)(x.data_ptr(), x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n,
-                                  y.data_ptr(), native.num_threads())
-        return y
+        return c_int8(lib, x, k, weight.data_ptr(), scales.data_ptr(), n)
 
     def int8_gemm_fake(x, weight, scales):
         op = f"{namespace}.int8_gemm"
@@ -347,12 +353,11 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if name == "int8_gemm":
             weight, scales = weights_and_shape
             n, k = weight.shape
-            impl(torch.zeros(1, k), weight, scales)  # the full checks of the op, once
-            tensors, c_fn, extra = (weight, scales), c_int8_gemm, (n,)
+            tensors = (weight, scales)
         else:
             packed, absmax, code, szeros, n, k, blocksize = weights_and_shape
-            impl(torch.zeros(1, k), packed, absmax, code, szeros, n, k, blocksize)
-            tensors, c_fn, extra = (packed, absmax, code, szeros), c_lut4_gemm_affine, (n, blocksize)
+            tensors = (packed, absmax, code, szeros)
+        impl(torch.zeros(1, k), *weights_and_shape)  # the full checks of the op, once
         pointers = [t.data_ptr() for t in tensors]
         needed = [(t.storage_offset() + t.numel()) * t.element_size() for t in tensors]
 
@@ -365,13 +370,9 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             lib = library()
             if lib is None or x.shape[0] == 0:
                 return impl(x, *weights_and_shape)
-            y = torch.empty(x.shape[0], n, dtype=torch.float32)
             if name == "int8_gemm":
-                getattr(lib, c_fn)(x.data_ptr(), x.shape[0], k, pointers[0], pointers[1], n, y.data_ptr(),
-                                   native.num_threads())
-            elif getattr(lib, c_fn)(x.data_ptr(), x.shape[0], k, *pointers, *extra, y.data_ptr(), native.num_threads()):
-                raise MemoryError(f"{op}: could not allocate {4 * x.shape[0] * k // extra[1]} bytes for the block sums of x")
-            return y
+                return c_int8(lib, x, k, *pointers, n)
+            return c_affine(lib, x, k, *pointers, n, blocksize)
 
         return call
 

@@ -41,15 +41,10 @@ SIGNATURES = {
 }
 
 
-_LIBRARY: list[ctypes.CDLL | None] = []  # filled on first use (every forward asks: no lock after that)
-
-
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (warned once) when the package was installed without a C compiler."""
-    if not _LIBRARY:
-        _LIBRARY.append(native.load_library("qcore_fp8", "_kernels", SIGNATURES,
-                                            what_instead="torch path (dequantize each FP8 weight, then F.linear)"))
-    return _LIBRARY[0]
+    return native.load_library("qcore_fp8", "_kernels", SIGNATURES,
+                               what_instead="torch path (dequantize each FP8 weight, then F.linear)")
 
 
 def isa() -> str:

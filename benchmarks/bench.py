@@ -176,24 +176,12 @@ DECODE_PAIRS = {"hqq-4bit-g64": "hqq-lib-4bit-g64", "torchao-int8wo": "transform
 DECODE_ROUNDS_EXTRA = ["gptq-w4g128", "awq-w4g64", "torchao-int4wo-g64", "fp8-block128"]
 
 
-def _decode_ms(model: Any, ids: Any, steps: int, before: Any = None) -> float:
-    """Milliseconds per greedy decode step with a KV cache after a prompt (the prompt is not timed);
-    ``before()`` is called once the prompt is done."""
-    out = model(ids, use_cache=True)
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    if before is not None:
-        before()
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = model(token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return 1000 * (time.perf_counter() - start) / steps
-
-
 def _time_split(model: Any, ids: Any, steps: int = 16) -> dict[str, float]:
     """Milliseconds of one decode step spent in the quantized linear layers, in the output head, and elsewhere
     (norms, attention, rotary, the cache, transformers' Python), timed by wrapping those modules' forwards
     (which adds a little time of its own to the first two)."""
+    from qcore.evaluate import decode_ms
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     spent = {"linear layers": 0.0, "output head": 0.0}
     wrapped = []
@@ -211,8 +199,7 @@ def _time_split(model: Any, ids: Any, steps: int = 16) -> dict[str, float]:
             module.forward = timed
             wrapped.append(module)
     try:
-        _decode_ms(model, ids, 4)  # warm
-        total = _decode_ms(model, ids, steps, before=lambda: spent.update(dict.fromkeys(spent, 0.0)))
+        total = decode_ms(model, ids, steps, warmup=4, on_start=lambda: spent.update(dict.fromkeys(spent, 0.0)))
     finally:
         for module in wrapped:
             del module.forward
@@ -230,6 +217,7 @@ def decode_rounds_worker(job: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import qcore
+    from qcore.evaluate import decode_ms
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -248,10 +236,10 @@ def decode_rounds_worker(job: dict[str, Any]) -> dict[str, Any]:
     ms: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():
-            _decode_ms(model, ids, 4)  # warm
+            decode_ms(model, ids, 4)  # warm
         for _ in range(job["rounds"]):
             for name, model in models.items():
-                ms[name].append(_decode_ms(model, ids, 16))
+                ms[name].append(decode_ms(model, ids, 16))
         split = {name: _time_split(model, ids) for name, model in models.items()}
     return {"name": job["name"], "kind": "rounds", "rounds": job["rounds"], "threads": torch.get_num_threads(),
             "ms": {name: statistics.median(v) for name, v in ms.items()}, "ms_all": ms, "split": split}

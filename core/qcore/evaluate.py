@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,28 @@ def perplexity(model: nn.Module, tokenizer: Any, text: str, *, max_tokens: int =
 def decode_latency(model: nn.Module, tokenizer: Any, prompt: str = "The licence gives you the freedom to",
                    new_tokens: int = 32, warmup: int = 4) -> dict[str, float]:
     """Greedy decoding at batch 1 with a KV cache: mean milliseconds per new token (warm-up excluded)."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    ms = decode_ms(model, tokenizer(prompt, return_tensors="pt").input_ids, new_tokens, warmup)
+    return {"ms_per_token": ms, "tokens_per_s": 1000 / ms}
+
+
+def decode_ms(model: nn.Module, ids: torch.Tensor, new_tokens: int, warmup: int = 0,
+              on_start: Callable[[], Any] | None = None) -> float:
+    """Mean milliseconds per greedy decode step (batch 1, KV cache) after the prompt ``ids`` and ``warmup``
+    untimed steps; ``on_start()`` is called just before the timed steps."""
     with torch.no_grad():
         out = model(ids, use_cache=True)
         past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         for _ in range(warmup):
             out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if on_start is not None:
+            on_start()
         start = time.perf_counter()
         for _ in range(new_tokens):
             out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         elapsed = time.perf_counter() - start
-    ms = 1000 * elapsed / new_tokens
-    return {"ms_per_token": ms, "tokens_per_s": 1000 / ms}
+    return 1000 * elapsed / new_tokens
 
 
 def prefill_throughput(model: nn.Module, tokens: int = 512, repeats: int = 2) -> dict[str, float]:

@@ -86,16 +86,17 @@ class _Bindable:
         object.__setattr__(self, name, value)
 
 
-def plugin_ops(namespace: str, prefix: str) -> KernelOps:
+def plugin_ops(namespace: str, prefix: str,
+               what_instead: str = "torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)") -> KernelOps:
     """Register the lookup ops of a plugin whose ``_kernels`` binary is ``QC_LUT4_EXPORTS(prefix)`` (its
     ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_affine, lut4_gemm_q8, lut4_dequantize,
     int8_gemm}``,
     checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
-    the ops run their torch definitions and this module picks torch's own int4 GEMM where it can)."""
+    the ops run their torch definitions and this module picks torch's own int4 GEMM where it can;
+    ``what_instead`` names that path in the warning)."""
 
     def library() -> ctypes.CDLL | None:
-        return native.load_library(namespace, "_kernels", lambda: lut4.signatures(prefix),
-                                   what_instead="torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)")
+        return native.load_library(namespace, "_kernels", lambda: lut4.signatures(prefix), what_instead=what_instead)
 
     return KernelOps(namespace, lut4.register_ops(namespace, prefix, library), library)
 

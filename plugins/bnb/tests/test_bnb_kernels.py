@@ -195,9 +195,10 @@ def test_native_gemv_paths_match_float64(variant, blocksize, rows, code_kind):
 
 
 def test_the_binary_was_built_at_install_and_dispatches_at_run_time():
+    from qcore import native
     from qcore_bnb import ops
 
-    path = ops.native.library_path("qcore_bnb", "_kernels")
+    path = native.library_path("qcore_bnb", "_kernels")
     assert path is not None and path.parent.name == "qcore_bnb"
     flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
     expected = 2 if (" avx512f " in flags and " avx512bw " in flags) else 1 if (" avx2 " in flags and " fma " in flags) else 0

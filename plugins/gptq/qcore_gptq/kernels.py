@@ -24,7 +24,7 @@ from qcore.packing import pack_int32, unpack_int32
 from . import ops
 
 INT4_GROUP_SIZES = int4.INT4PACK_GROUP_SIZES
-OPS = int4.KernelOps("qcore_gptq", ops.IMPL, ops.library)
+OPS = ops.OPS
 
 
 def unpack_qweight(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
@@ -59,8 +59,8 @@ def _grouped_args(qweight, zeros, scales, g_idx, in_features, group_size):
 
 
 class Int4LutWeight(int4.Int4LutWeight):
-    """A GPTQ 4-bit layer on the compiled lookup GEMV (``torch.ops.qcore_gptq.lut4_gemm``), for decoding:
-    :class:`qcore.int4.Int4LutWeight` (``lut4(x, q, s) - (sum of x per group) @ (s * z)``) built from
+    """A GPTQ 4-bit layer on the compiled lookup GEMV (``torch.ops.qcore_gptq.lut4_gemm_affine``), for decoding:
+    :class:`qcore.int4.Int4LutWeight` (``lut4(x, q, s)`` minus ``s * z`` times each group's sum of x) built from
     GPTQ's tensors; :meth:`qweight` rebuilds the checkpoint tensor from the resident nibbles."""
 
     def __init__(self, qweight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,

@@ -153,7 +153,9 @@ def create_quantized_param(
 def process_after_weight_loading(model: nn.Module, config: QuantizationConfig) -> None:
     """Finishing touches once every tensor is placed: repack for a kernel, tie, flags.
 
-    Called once per load or quantize, after all tensors are loaded.
+    Called once per load or quantize, after all tensors are loaded. A plugin built on the shared
+    kernels also hands the layers it left in float (the output head) to
+    :func:`qcore.int4.decode_float_linears` here, for their float32 GEMV.
 
     :param model: the loaded model.
     :param config: the resolved quantization config.

@@ -64,12 +64,12 @@ class KernelOps:
         return self.library() is not None
 
     def bound(self, owner: _Bindable, name: str, *args: object) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x -> op(x, *args)``: under ``torch.compile`` the op, else a call with the weight ``args`` checked once
+        """``x (..., k) -> op(x, *args) (..., n)``: under ``torch.compile`` the op, else a call with the weight ``args`` checked once
         (:func:`qcore.lut4.register_ops`' ``bind``), kept on ``owner`` until a tensor attribute of it is set
         (``.to()`` moves replace them)."""
         if torch.compiler.is_compiling():
             op = getattr(getattr(torch.ops, self.namespace), name)
-            return lambda x: op(x, *args)
+            return lambda x: op(x.reshape(-1, x.shape[-1]), *args).view(*x.shape[:-1], -1)
         cached = owner.__dict__.get("_bound")
         if cached is None or cached[0] != name:
             cached = owner.__dict__["_bound"] = (name, self.impl["bind"](name, *args))
@@ -87,16 +87,21 @@ class _Bindable:
 
 
 def plugin_ops(namespace: str, prefix: str,
-               what_instead: str = "torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)") -> KernelOps:
+               what_instead: str = "torch int4/int8 kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm)",
+               more_signatures: Callable[[], dict[str, tuple]] | None = None) -> KernelOps:
     """Register the lookup ops of a plugin whose ``_kernels`` binary is ``QC_LUT4_EXPORTS(prefix)`` (its
     ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_affine, lut4_gemm_q8, lut4_dequantize,
     int8_gemm}``,
     checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
     the ops run their torch definitions and this module picks torch's own int4 GEMM where it can;
-    ``what_instead`` names that path in the warning)."""
+    ``what_instead`` names that path in the warning). ``more_signatures``: the ctypes signatures of whatever else
+    the binary exports (e.g. :func:`qcore.fp8.signatures` for ``QC_FP8_EXPORTS``), set on the same load."""
+
+    def signatures() -> dict[str, tuple]:
+        return {**lut4.signatures(prefix), **(more_signatures() if more_signatures else {})}
 
     def library() -> ctypes.CDLL | None:
-        return native.load_library(namespace, "_kernels", lambda: lut4.signatures(prefix), what_instead=what_instead)
+        return native.load_library(namespace, "_kernels", signatures, what_instead=what_instead)
 
     return KernelOps(namespace, lut4.register_ops(namespace, prefix, library), library)
 
@@ -224,12 +229,16 @@ class Int4LutWeight(_AffineInt4):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) float32/bfloat16/float16 -> (..., n) in x's dtype, accumulated in float32."""
+        n, k = self.shape
+        if (x.dtype is torch.float32 and self.perm is None and not self.pad and not self.int8_activations
+                and x.numel() <= self.gemv_rows * k and x.is_contiguous()):  # decoding: one call, the zero term included
+            return self.ops.bound(self, "lut4_gemm_affine", self.packed, self.scales, self.code, self.scaled_zeros, n,
+                                  k, self.group_size)(x)
         # float32 throughout: s*q and s*z are each larger than their difference, so a 16-bit
         # product would lose the bits the subtraction needs
         x2 = self._grouped_x(x)
         if x2.dtype is not torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
-        n, k = self.shape
         if self.int8_activations and x2.shape[0] <= lut4.Q8_MAX_ROWS:
             y = self.ops.op("lut4_gemm_q8")(x2, self.packed, self.scales, self.code_i8, 1.0, n, k, self.group_size)
             # the zero-point term on the same int8 x the kernel used, so s*(q - z) sees one x
@@ -389,6 +398,8 @@ class Int8RowWeight(_Bindable):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., k) float32/bfloat16/float16 -> (..., n) in x's dtype."""
+        if x.dtype is torch.float32 and x.numel() <= self.gemv_rows * self.in_features and x.is_contiguous():
+            return self.ops.bound(self, "int8_gemm", self.weight, self.scales)(x)  # decoding, x as given
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= self.gemv_rows:
             if x2.dtype is not torch.float32 or not x2.is_contiguous():
@@ -402,3 +413,46 @@ class Int8RowWeight(_Bindable):
         else:
             y = torch.nn.functional.linear(x2, self.weight.to(x.dtype) * self.scales.to(x.dtype).unsqueeze(1))
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class FloatDecodeLinear(torch.nn.Linear):
+    """An ``nn.Linear`` left unquantized (the output head every method keeps in float by default) whose
+    decode-sized float32 CPU inputs run the plugin's float32 GEMV (``f32_gemm``); everything else (more than
+    ``gemv_rows`` rows, other dtypes or devices, gradients, ``torch.compile``) is ``nn.Linear``'s forward.
+
+    torch 2.13's float32 ``F.linear`` of one row reads W at about a third of the memory bandwidth on the
+    CPUs measured (SmolLM2's tied 49152 x 576 head: 14 ms a token, 4.7 ms in the GEMV at 2 threads,
+    docs/kernels.md); the result differs from torch's only in float32 summation order. Made by
+    :func:`decode_float_linears`, which swaps the class in place: parameters, tying and state dict stay
+    as they are.
+    """
+
+    gemv_rows = 8
+    decode_ops: KernelOps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.dtype is torch.float32 and w.dtype is torch.float32 and type(w) in (torch.nn.Parameter, torch.Tensor)
+                and x.is_cpu and w.is_cpu and x.dim() >= 1 and x.numel() <= self.gemv_rows * x.shape[-1]
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+                and not torch.compiler.is_compiling()):
+            y = self.decode_ops.impl["f32_gemm"](x.reshape(-1, x.shape[-1]).contiguous(), w)
+            y = y.view(x.shape[:-1] + (self.out_features,))
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)
+
+
+def decode_float_linears(model: torch.nn.Module, ops: KernelOps) -> int:
+    """Make every plain ``nn.Linear`` of ``model`` (the layers a method left in float) a :class:`FloatDecodeLinear`
+    on ``ops``, in place, when the plugin's binary is present; the number converted. Plugins call it from
+    ``process_after_weight_loading``."""
+    if not ops.native():
+        return 0
+    converted = 0
+    for module in model.modules():
+        if (type(module) is torch.nn.Linear and type(module.weight) is torch.nn.Parameter
+                and module.weight.dtype.is_floating_point):
+            module.__class__ = FloatDecodeLinear
+            module.decode_ops = ops
+            converted += 1
+    return converted

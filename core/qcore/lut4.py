@@ -16,6 +16,9 @@ torch.library namespace (e.g. ``torch.ops.qcore_bnb``; architecture in docs/kern
   approximate, opt-in (:func:`int8_activations_default`), ``blocksize % 64 == 0``, ``m <= Q8_MAX_ROWS``.
 - ``int8_gemm(x, weight, scales) -> y``: ``x (m, k)`` float32 @ ``(weight * scales[:, None]).T``,
   int8 ``weight (n, k)``, float32 ``scales (n,)`` -> float32 ``(m, n)``.
+- ``f32_gemm(x, weight) -> y``: ``x (m, k)`` float32 @ ``weight.T``, float32 ``weight (n, k)``: a layer left
+  unquantized (the output head), where torch's float32 GEMV reads W at a third of the memory bandwidth
+  (:class:`qcore.int4.FloatDecodeLinear`).
 
 The layout: W ``(n, k)`` flattened row-major, element ``i`` is nibble ``i`` of ``packed`` (uint8
 ``(n*k/2,)``, byte ``i // 2``, high nibble first), an index into the float32 ``code (16,)``, scaled by
@@ -28,7 +31,7 @@ Every op checks device, dtype, contiguity and every buffer's size against ``n``,
 has a fake implementation, so meta tensors, ``torch.compile`` and ``torch.export`` see it. Without the
 plugin's binary the same ops run in torch: the GEMM through a 256-entry table of byte -> value pairs,
 a few hundred rows at a time into a reused buffer (about 2x float32 decode), int8 through
-``torch.ops.aten._weight_int8pack_mm``.
+``torch.ops.aten._weight_int8pack_mm``, float32 through ``torch.nn.functional.linear``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def signatures(prefix: str) -> dict[str, tuple]:
         f"{prefix}_lut4_gemm": (None, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I32),
         f"{prefix}_lut4_gemm_affine": (_I32, _P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _P, _I32),
         f"{prefix}_int8_gemm": (None, _P, _I64, _I64, _P, _P, _I64, _P, _I32),
+        f"{prefix}_f32_gemm": (None, _P, _I64, _I64, _P, _I64, _P, _I32),
         f"{prefix}_lut4_gemm_q8": (_I32, _P, _I64, _I64, _P, _P, _P, ctypes.c_float, _I64, _I64, _P, _I32),
         f"{prefix}_q8_isa": (_I32,),
         f"{prefix}_isa": (_I32,),
@@ -194,8 +198,8 @@ def torch_gemm(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
 
 
 def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL | None]) -> dict[str, Callable]:
-    """Define ``lut4_gemm``, ``lut4_gemm_affine``, ``lut4_gemm_q8``, ``lut4_dequantize`` and ``int8_gemm`` under
-    ``torch.ops.<namespace>``.
+    """Define ``lut4_gemm``, ``lut4_gemm_affine``, ``lut4_gemm_q8``, ``lut4_dequantize``, ``int8_gemm`` and
+    ``f32_gemm`` under ``torch.ops.<namespace>``.
 
     :param namespace: the plugin's torch.library namespace, e.g. ``"qcore_bnb"``.
     :param prefix: the ``QC_LUT4_EXPORTS`` prefix its binary was built with, e.g. ``"qcbnb"``.
@@ -205,8 +209,9 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         returns a call of x alone whose weight arguments were checked once (decoding calls it per token).
     """
 
-    c_lut4_gemm, c_lut4_gemm_affine, c_lut4_gemm_q8, c_lut4_dequant, c_int8_gemm = (
-        f"{prefix}_{name}" for name in ("lut4_gemm", "lut4_gemm_affine", "lut4_gemm_q8", "lut4_dequant", "int8_gemm"))
+    c_lut4_gemm, c_lut4_gemm_affine, c_lut4_gemm_q8, c_lut4_dequant, c_int8_gemm, c_f32_gemm = (
+        f"{prefix}_{name}" for name in ("lut4_gemm", "lut4_gemm_affine", "lut4_gemm_q8", "lut4_dequant", "int8_gemm",
+                                        "f32_gemm"))
 
     def lut4_gemm(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int, k: int,
                   blocksize: int) -> torch.Tensor:
@@ -224,19 +229,21 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
                                   code.data_ptr(), n, blocksize, y.data_ptr(), native.num_threads())
         return y
 
-    # the C calls of the two decode ops, on pointers already checked (by the op, or once by bind)
-    def c_affine(lib: ctypes.CDLL, x: torch.Tensor, k: int, packed_p: int, absmax_p: int, code_p: int, szeros_p: int,
-                 n: int, blocksize: int) -> torch.Tensor:
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        if getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), x.shape[0], k, packed_p, absmax_p, code_p, szeros_p, n,
+    # the C calls of the two decode ops, on pointers already checked (by the op, or once by bind): x holds
+    # `rows` rows of k contiguous float32 values; y is made in `shape` (x's leading dims, n)
+    def c_affine(lib: ctypes.CDLL, x: torch.Tensor, rows: int, k: int, packed_p: int, absmax_p: int, code_p: int,
+                 szeros_p: int, n: int, blocksize: int, shape: tuple[int, ...]) -> torch.Tensor:
+        y = torch.empty(shape, dtype=torch.float32)
+        if getattr(lib, c_lut4_gemm_affine)(x.data_ptr(), rows, k, packed_p, absmax_p, code_p, szeros_p, n,
                                             blocksize, y.data_ptr(), native.num_threads()):
-            raise MemoryError(f"{namespace}.lut4_gemm_affine: could not allocate {4 * x.shape[0] * k // blocksize} "
+            raise MemoryError(f"{namespace}.lut4_gemm_affine: could not allocate {4 * rows * k // blocksize} "
                               "bytes for the block sums of x")
         return y
 
-    def c_int8(lib: ctypes.CDLL, x: torch.Tensor, k: int, weight_p: int, scales_p: int, n: int) -> torch.Tensor:
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        getattr(lib, c_int8_gemm)(x.data_ptr(), x.shape[0], k, weight_p, scales_p, n, y.data_ptr(), native.num_threads())
+    def c_int8(lib: ctypes.CDLL, x: torch.Tensor, rows: int, k: int, weight_p: int, scales_p: int, n: int,
+               shape: tuple[int, ...]) -> torch.Tensor:
+        y = torch.empty(shape, dtype=torch.float32)
+        getattr(lib, c_int8_gemm)(x.data_ptr(), rows, k, weight_p, scales_p, n, y.data_ptr(), native.num_threads())
         return y
 
     def lut4_gemm_affine(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
@@ -252,7 +259,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         if lib is None:
             y = torch_gemm(x, packed, absmax, code, n, k, blocksize)
             return y.addmm(x.view(x.shape[0], -1, blocksize).sum(-1), szeros.view(n, -1).T, alpha=-1)
-        return c_affine(lib, x, k, packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n, blocksize)
+        return c_affine(lib, x, x.shape[0], k, packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), szeros.data_ptr(), n,
+                        blocksize, (x.shape[0], n))
 
     def lut4_gemm_affine_fake(x, packed, absmax, code, szeros, n, k, blocksize):
         op = f"{namespace}.lut4_gemm_affine"
@@ -298,7 +306,7 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         lib = library()
         if lib is None or x.shape[0] == 0:
             return torch.ops.aten._weight_int8pack_mm(x, weight, scales) if x.shape[0] else x.new_empty(0, n)
-        return c_int8(lib, x, k, weight.data_ptr(), scales.data_ptr(), n)
+        return c_int8(lib, x, x.shape[0], k, weight.data_ptr(), scales.data_ptr(), n, (x.shape[0], n))
 
     def int8_gemm_fake(x, weight, scales):
         op = f"{namespace}.int8_gemm"
@@ -306,6 +314,27 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
         n, k = weight.shape
         _check_fake(op, {"x": (x, torch.float32, (x.shape[0], k)), "weight": (weight, torch.int8, (n, k)),
                          "scales": (scales, torch.float32, (n,))})
+        return x.new_empty(x.shape[0], n)
+
+    def f32_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        op = f"{namespace}.f32_gemm"
+        check(op, isinstance(weight, torch.Tensor) and weight.dim() == 2, "weight must be a 2-D float32 tensor (n, k)")
+        n, k = weight.shape
+        _check_rows(op, x, MAX_ROWS, hint="; use torch.nn.functional.linear")
+        check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
+        check_tensor(op, "weight", weight, torch.float32, (n, k))
+        lib = library()
+        if lib is None or x.shape[0] == 0 or n == 0:
+            return torch.nn.functional.linear(x, weight)
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        getattr(lib, c_f32_gemm)(x.data_ptr(), x.shape[0], k, weight.data_ptr(), n, y.data_ptr(), native.num_threads())
+        return y
+
+    def f32_gemm_fake(x, weight):
+        op = f"{namespace}.f32_gemm"
+        check(op, weight.dim() == 2 and x.dim() == 2 and x.shape[0] <= MAX_ROWS, "unsupported shape")
+        n, k = weight.shape
+        _check_fake(op, {"x": (x, torch.float32, (x.shape[0], k)), "weight": (weight, torch.float32, (n, k))})
         return x.new_empty(x.shape[0], n)
 
     def lut4_gemm_q8(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code_i8: torch.Tensor,
@@ -344,10 +373,12 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
 
     def bind(name: str, *weights_and_shape: object) -> Callable[[torch.Tensor], torch.Tensor]:
         """``x -> name(x, *weights_and_shape)`` with the weight arguments checked once, here, for the decode hot
-        path (``lut4_gemm_affine`` or ``int8_gemm``). Each call still checks x in full, and that every weight
-        tensor still has the same data pointer and at least the storage it was checked with (so nothing C
-        reads can have been freed or shrunk); else :class:`qcore.native.KernelArgumentError`. The bound
-        call keeps the weights alive: bind again after replacing them."""
+        path (``lut4_gemm_affine`` or ``int8_gemm``). The bound call takes x ``(..., k)`` with any leading dims
+        (at most MAX_ROWS rows in all) and returns ``(..., n)``. Each call still checks x in full (a
+        contiguous float32 CPU tensor within its storage), and that every weight tensor still has the data
+        pointer it was checked with, else :class:`qcore.native.KernelArgumentError`. The bound call holds the
+        weights' storages, so memory it was checked with cannot be freed or reallocated while the pointers
+        stay the same: bind again after replacing a weight."""
         impl = {"lut4_gemm_affine": lut4_gemm_affine, "int8_gemm": int8_gemm}[name]
         op = f"{namespace}.{name}"
         if name == "int8_gemm":
@@ -359,21 +390,29 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
             tensors = (packed, absmax, code, szeros)
         impl(torch.zeros(1, k), *weights_and_shape)  # the full checks of the op, once
         pointers = [t.data_ptr() for t in tensors]
-        needed = [(t.storage_offset() + t.numel()) * t.element_size() for t in tensors]
+        storages = [t.untyped_storage() for t in tensors]  # held: their memory stays allocated while bound
+        float32 = torch.float32
 
         def call(x: torch.Tensor) -> torch.Tensor:
-            _check_rows(op, x, MAX_ROWS)
-            check_tensor(op, "x", x, torch.float32, (x.shape[0], k))
-            for t, pointer, size in zip(tensors, pointers, needed, strict=True):
-                if t.data_ptr() != pointer or t.untyped_storage().nbytes() < size:
+            # the common case in the cheapest calls (this runs per layer per token), the full checks otherwise
+            if not (type(x) is torch.Tensor and x.dtype is float32 and x.is_cpu and x.dim() > 0 and x.shape[-1] == k
+                    and 0 < x.numel() <= MAX_ROWS * k and x.is_contiguous()
+                    and x.untyped_storage().nbytes() >= (x.storage_offset() + x.numel()) * 4):
+                x2 = x.reshape(-1, x.shape[-1]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                _check_rows(op, x2, MAX_ROWS)
+                check_tensor(op, "x", x2, float32, (x2.shape[0], k))
+                return impl(x2, *weights_and_shape).view(x.shape[:-1] + (n,))  # no rows, or a subclass
+            for t, pointer in zip(tensors, pointers, strict=True):
+                if t.data_ptr() != pointer:
                     check(op, False, "a bound weight tensor was replaced or resized since it was bound; bind again")
             lib = library()
-            if lib is None or x.shape[0] == 0:
-                return impl(x, *weights_and_shape)
+            if lib is None:
+                return impl(x.view(-1, k), *weights_and_shape).view(x.shape[:-1] + (n,))
             if name == "int8_gemm":
-                return c_int8(lib, x, k, *pointers, n)
-            return c_affine(lib, x, k, *pointers, n, blocksize)
+                return c_int8(lib, x, x.numel() // k, k, *pointers, n, x.shape[:-1] + (n,))
+            return c_affine(lib, x, x.numel() // k, k, *pointers, n, blocksize, x.shape[:-1] + (n,))
 
+        call.storages = storages  # (kept alive with the call)
         return call
 
     ops: dict[str, Callable] = {"bind": bind}
@@ -381,7 +420,8 @@ def register_ops(namespace: str, prefix: str, library: Callable[[], ctypes.CDLL 
                                       ("lut4_gemm_affine", lut4_gemm_affine, lut4_gemm_affine_fake, ()),
                                       ("lut4_gemm_q8", lut4_gemm_q8, lut4_gemm_q8_fake, ()),
                                       ("lut4_dequantize", lut4_dequantize, lut4_dequantize_fake, ("out",)),
-                                      ("int8_gemm", int8_gemm, int8_gemm_fake, ())):
+                                      ("int8_gemm", int8_gemm, int8_gemm_fake, ()),
+                                      ("f32_gemm", f32_gemm, f32_gemm_fake, ())):
         custom = torch.library.custom_op(f"{namespace}::{name}", impl, mutates_args=mutates)
         custom.register_fake(fake)
         ops[name] = impl

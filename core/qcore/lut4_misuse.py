@@ -13,12 +13,13 @@ import torch
 from qcore.lut4 import MAX_ROWS, Q8_MAX_ROWS
 
 
-def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
+def misuse_cases(namespace: str, bind: Callable | None = None) -> list[tuple[str, Callable[[], object]]]:
     """Calls of ``torch.ops.<namespace>``'s lookup ops with wrong sizes, strides, dtypes and devices, for
     plugin tests: each must raise :class:`qcore.native.KernelArgumentError`, never reach C (a crash).
 
     The valid base is W (32, 128) in blocks of 64 and x (2, 128); ``("valid ...", call)`` entries are
-    correct calls that must succeed (they prove the cases reach the ops at all).
+    correct calls that must succeed (they prove the cases reach the ops at all). ``bind``: the plugin's
+    ``KernelOps.impl["bind"]``, whose bound decode calls get their own cases (x of any leading dims).
     """
     ops = getattr(torch.ops, namespace)
     n, k, bs, m = 32, 128, 64, 2
@@ -60,8 +61,14 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
         args = {"x": x, "weight": w8, "scales": s8, **kw}
         return lambda: ops.int8_gemm(args["x"], args["weight"], args["scales"])
 
+    wf = torch.randn(n, k)
+
+    def f32(**kw):
+        args = {"x": x, "weight": wf, **kw}
+        return lambda: ops.f32_gemm(args["x"], args["weight"])
+
     cases = [
-        ("valid lut4_gemm", gemm()), ("valid lut4_dequantize", deq()), ("valid int8_gemm", int8()),
+        ("valid lut4_gemm", gemm()), ("valid f32_gemm", f32()), ("valid lut4_dequantize", deq()), ("valid int8_gemm", int8()),
         ("valid lut4_gemm_q8", q8()), ("valid lut4_gemm_affine", affine()),
         ("64-byte packed claiming (65536, 4096)", gemm(packed=packed[:64], n=65536, k=4096, absmax=torch.rand(65536 * 64))),
         ("packed one byte short", gemm(packed=packed[:-1])),
@@ -122,8 +129,41 @@ def misuse_cases(namespace: str) -> list[tuple[str, Callable[[], object]]]:
         ("affine x strided", affine(x=strided(x))),
         ("affine x too many rows", affine(x=torch.randn(MAX_ROWS + 1, k))),
         ("affine lying shape", affine(n=65536, k=4096, absmax=torch.rand(65536 * 64), szeros=torch.rand(65536 * 64))),
+        ("f32 weight float64", f32(weight=wf.double())),
+        ("f32 weight transposed", f32(weight=torch.randn(k, n).T)),
+        ("f32 weight 1-D", f32(weight=wf.view(-1))),
+        ("f32 weight strided", f32(weight=strided(wf))),
+        ("f32 weight on meta", f32(weight=wf.to("meta"))),
+        ("f32 x wrong k", f32(x=torch.randn(m, k + 1))),
+        ("f32 x bfloat16", f32(x=x.bfloat16())),
+        ("f32 x strided", f32(x=strided(x))),
+        ("f32 x too many rows", f32(x=torch.randn(MAX_ROWS + 1, k))),
     ]
+    if bind is not None:
+        bound_affine = bind("lut4_gemm_affine", packed, absmax, code, szeros, n, k, bs)
+        bound_int8 = bind("int8_gemm", w8, s8)
+        cases += [
+            ("valid bound lut4_gemm_affine (1, 1, k)", lambda: bound_affine(x[:1].view(1, 1, k))),
+            ("valid bound int8_gemm (2, k)", lambda: bound_int8(x)),
+            ("bound x wrong k", lambda: bound_affine(torch.randn(1, 1, k - 16))),
+            ("bound x strided", lambda: bound_affine(strided(x))),
+            ("bound x transposed", lambda: bound_int8(torch.randn(k, m).T)),
+            ("bound x float64", lambda: bound_int8(x.double())),
+            ("bound x too many rows", lambda: bound_affine(torch.randn(2, MAX_ROWS // 2 + 1, k))),
+            ("bound x on meta", lambda: bound_int8(x.to("meta"))),
+            ("bound x 0-D", lambda: bound_int8(torch.tensor(1.0))),
+            ("bound x storage shrunk", lambda: bound_affine(_shrunk(torch.randn(1, k)))),
+            ("bind lying shape", lambda: bind("lut4_gemm_affine", packed[:64], absmax, code, szeros, 65536, 4096, bs)),
+            ("bind int8 weight float32", lambda: bind("int8_gemm", w8.float(), s8)),
+            ("bound weight freed (last: it frees the int8 weight)", lambda: (w8.untyped_storage().resize_(0), bound_int8(x))),
+        ]
     return cases
+
+
+def _shrunk(t: torch.Tensor) -> torch.Tensor:
+    """t with its storage cut to nothing under it (its shape still claims the old size)."""
+    t.untyped_storage().resize_(0)
+    return t
 
 
 _SUBPROCESS = """
@@ -132,7 +172,8 @@ from qcore import lut4_misuse
 from qcore.native import KernelArgumentError
 
 assert ops.library() is not None, "the compiled kernels are missing"
-for name, call in lut4_misuse.misuse_cases("{package}"):
+kernel_ops = getattr(ops, "OPS", None)
+for name, call in lut4_misuse.misuse_cases("{package}", kernel_ops.impl["bind"] if kernel_ops is not None else None):
     if name.startswith("valid"):
         call()
         print("ok", name, flush=True)

@@ -139,6 +139,15 @@ def _fill_8bit(module_name: str, module: Linear8bitLt, tensors: dict, pre_quanti
 
 
 @qcore.hookimpl
+def process_after_weight_loading(model):
+    from qcore.int4 import decode_float_linears
+
+    from .ops import OPS
+
+    decode_float_linears(model, OPS)  # the float head's decode on the float32 GEMV
+
+
+@qcore.hookimpl
 def module_state_dict(module):
     return module.checkpoint_tensors()
 

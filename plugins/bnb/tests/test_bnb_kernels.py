@@ -194,6 +194,61 @@ def test_native_gemv_paths_match_float64(variant, blocksize, rows, code_kind):
     torch.testing.assert_close(got.double(), exact - zero_term, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("k", [576, 100])  # whole SIMD steps; a tail past them
+def test_native_f32_gemm_matches_float64(variant, rows, k):
+    """The float32 GEMV for layers left unquantized (the output head), on every ISA and its torch fallback."""
+    torch.manual_seed(rows + k)
+    w, x = torch.randn(70, k), torch.randn(rows, k)
+    x[:, 3] = 40.0
+    exact = x.double() @ w.double().T
+    got = torch.ops.qcore_bnb.f32_gemm(x, w)
+    assert got.dtype == torch.float32 and got.shape == (rows, 70)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["native", "torch"])
+def test_float_layers_left_unquantized_decode_on_the_float32_gemv(monkeypatch, fallback):
+    from torch import nn
+
+    from qcore import native
+    from qcore.int4 import FloatDecodeLinear, decode_float_linears
+    from qcore_bnb import ops
+
+    if fallback:
+        monkeypatch.setenv("QCORE_NATIVE", "0")
+        monkeypatch.setattr(native, "_loaded", {})
+    torch.manual_seed(6)
+    emb, head, side = nn.Embedding(50, 64), nn.Linear(64, 50, bias=False), nn.Linear(64, 30)
+    head.weight = emb.weight  # tied, as an output head usually is
+    model = nn.ModuleDict({"emb": emb, "head": head, "side": side, "in_half": nn.Linear(64, 8).half()})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = decode_float_linears(model, ops.OPS)
+    if fallback:  # without the binary nothing changes
+        assert converted == 0 and type(head) is nn.Linear
+        return
+    assert converted == 3 and type(head) is FloatDecodeLinear and type(side) is FloatDecodeLinear
+    assert head.weight is emb.weight  # tying and the state dict are untouched
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    calls = []
+    real = ops.OPS.impl["f32_gemm"]
+    monkeypatch.setitem(ops.OPS.impl, "f32_gemm", lambda *a: calls.append(1) or real(*a))
+    for layer in (head, side):
+        for shape in ((1, 64), (2, 1, 64), (3, 40, 64)):
+            x = torch.randn(*shape)
+            with torch.no_grad():
+                y = layer(x)
+            exact = x.double() @ layer.weight.double().T + (0 if layer.bias is None else layer.bias.double())
+            assert y.shape == (*shape[:-1], layer.out_features)
+            torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 4  # one and two rows per layer; 120 rows are nn.Linear's
+    x = torch.randn(1, 64, requires_grad=True)
+    side(x).sum().backward()  # gradients: nn.Linear's forward, so they reach x and the weight
+    assert len(calls) == 4 and x.grad is not None and side.weight.grad is not None
+    torch.testing.assert_close(x.grad[0], side.weight.detach().sum(0))
+
+
 def test_the_binary_was_built_at_install_and_dispatches_at_run_time():
     from qcore import native
     from qcore_bnb import ops

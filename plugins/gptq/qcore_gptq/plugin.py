@@ -99,11 +99,15 @@ def create_quantized_param(module_name, module, tensors, config, device, pre_qua
 
 @qcore.hookimpl
 def process_after_weight_loading(model):
+    from qcore.int4 import decode_float_linears
+
     from .linear import GPTQQuantLinear
+    from .ops import OPS
 
     for module in model.modules():
         if isinstance(module, GPTQQuantLinear):
             module.prepare_fast_path()
+    decode_float_linears(model, OPS)  # the float head's decode on the float32 GEMV
 
 
 # --- calibration --------------------------------------------------------------------------

@@ -76,6 +76,21 @@ def test_qcore_checkpoint_loads_in_hqq(tmp_path, float_dir):
         HqqLinear.use_fast_kernels = True
 
 
+def test_the_float_head_decodes_on_the_float32_gemv(float_dir):
+    """The head hqq leaves in float (skip_modules) runs the plugin's float32 GEMV for decode-sized inputs,
+    still tied, with the float64 product's result."""
+    from qcore.int4 import FloatDecodeLinear
+
+    model = qcore.load_quantized(float_dir, quantization_config="hqq-4bit-g64", progress=False)
+    head = model.lm_head
+    assert type(head) is FloatDecodeLinear and "lm_head" not in model.qcore_modules
+    if model.config.tie_word_embeddings:
+        assert head.weight is model.model.embed_tokens.weight
+    x = torch.randn(1, 1, head.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x).double(), x.double() @ head.weight.double().T, rtol=1e-5, atol=1e-5)
+
+
 def test_tensors_on_the_fly_equal_hqqs_own(tmp_path):
     """Quantizing a float checkpoint in qcore writes the tensors hqq writes for the same weights."""
     from hqq.models.hf.base import AutoHQQHFModel

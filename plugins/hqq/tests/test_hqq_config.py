@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qcore
+from qcore.int4 import FloatDecodeLinear
 from qcore.modules import get_module
 from qcore.plugins import config_from_dict
 
@@ -41,7 +42,8 @@ def test_skip_modules_is_the_skip_list(float_dir):
     model = qcore.load_quantized(float_dir, quantization_config=qcore.config("hqq", skip_modules=["lm_head", "o_proj"]),
                                  progress=False)
     assert not any(name.endswith("o_proj") for name in model.qcore_modules)
-    assert type(get_module(model, "model.layers.0.self_attn.o_proj")) is torch.nn.Linear
+    kept = get_module(model, "model.layers.0.self_attn.o_proj")
+    assert type(kept) is FloatDecodeLinear and kept.weight.dtype == torch.float32  # float, on the float32 GEMV
 
 
 def test_module_overrides_give_a_layer_its_own_nbits(tmp_path, float_dir):

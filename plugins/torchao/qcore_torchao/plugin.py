@@ -116,8 +116,13 @@ def create_quantized_param(model, module_name, module, tensors, config, device, 
 
 @qcore.hookimpl
 def process_after_weight_loading(model):
+    from qcore.int4 import decode_float_linears
+
+    from .ops import OPS
+
     if _METADATA_ATTR in model.__dict__:
         object.__delattr__(model, _METADATA_ATTR)
+    decode_float_linears(model, OPS)  # the float head's decode on the float32 GEMV
 
 
 @qcore.hookimpl

@@ -1,4 +1,4 @@
-/* qcore 4-bit lookup kernels and the int8 GEMV, header-only, for plugins to compile into their own binary.
+/* qcore 4-bit lookup kernels, the int8 and float32 GEMVs, header-only, for plugins to compile into their own binary.
  *
  * Layout (bitsandbytes NF4/FP4; affine int4 with code = 0..15): the row-major weight (N, K) is
  * flattened; element i is nibble i of `packed` (byte i/2, high nibble first) and belongs to block
@@ -113,8 +113,13 @@ static inline void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8
     QC_DISPATCH(qc_int8_gemm, x, M, K, w, scales, N, y, threads);
 }
 
+/* y (M, N) = x (M, K) @ W.T, W float32 (N, K) row-major (a layer left unquantized) */
+static inline void qc_f32_gemm(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y, int threads) {
+    QC_DISPATCH(qc_f32_gemm, x, M, K, w, N, y, threads);
+}
+
 /* Exports every plugin binary that uses these kernels defines with its own prefix, e.g.
- * QC_LUT4_EXPORTS(qcbnb) -> qcbnb_lut4_dequant, qcbnb_lut4_gemm, qcbnb_lut4_gemm_affine, qcbnb_int8_gemm, qcbnb_lut4_gemm_q8, qcbnb_q8_isa,
+ * QC_LUT4_EXPORTS(qcbnb) -> qcbnb_lut4_dequant, qcbnb_lut4_gemm, qcbnb_lut4_gemm_affine, qcbnb_int8_gemm, qcbnb_f32_gemm, qcbnb_lut4_gemm_q8, qcbnb_q8_isa,
  * qcbnb_isa, qcbnb_cpu_isa, qcbnb_set_isa_cap. */
 #define QC_LUT4_EXPORTS(prefix)                                                                                        \
     QC_EXPORT void prefix##_lut4_dequant(const uint8_t *packed, const float *absmax, const float *code, int64_t n,     \
@@ -134,6 +139,10 @@ static inline void qc_int8_gemm(const float *x, int64_t M, int64_t K, const int8
     QC_EXPORT void prefix##_int8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales,      \
                                       int64_t N, float *y, int threads) {                                              \
         qc_int8_gemm(x, M, K, w, scales, N, y, threads);                                                               \
+    }                                                                                                                  \
+    QC_EXPORT void prefix##_f32_gemm(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y,       \
+                                     int threads) {                                                                    \
+        qc_f32_gemm(x, M, K, w, N, y, threads);                                                                        \
     }                                                                                                                  \
     QC_EXPORT int prefix##_lut4_gemm_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed,                   \
                                         const float *absmax, const int8_t *code_i8, float code_scale_inv, int64_t N,   \

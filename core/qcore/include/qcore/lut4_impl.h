@@ -261,6 +261,29 @@ static void QC_V(qc_int8_gemm)(const float *x, int64_t M, int64_t K, const int8_
     }
 }
 
+/* y (M, N) = x (M, K) @ W.T, W float32 (N, K) row-major: an unquantized layer (a float output head) at decode */
+static void QC_V(qc_f32_gemm)(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y, int threads) {
+    const int64_t kv = K - K % QC_SIMD;
+    (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const float *row = w + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            vec s0 = v_zero(), s1 = v_zero();
+            int64_t k = 0;
+            for (; k + 2 * QC_SIMD <= kv; k += 2 * QC_SIMD) {
+                s0 = v_fma(v_load(row + k), v_load(xm + k), s0);
+                s1 = v_fma(v_load(row + k + QC_SIMD), v_load(xm + k + QC_SIMD), s1);
+            }
+            for (; k < kv; k += QC_SIMD) s0 = v_fma(v_load(row + k), v_load(xm + k), s0);
+            float acc = v_sum(v_add(s0, s1));
+            for (; k < K; k++) acc += row[k] * xm[k];
+            y[m * N + n] = acc;
+        }
+    }
+}
+
 #undef QC_SIMD
 #undef vec
 #undef codes_t

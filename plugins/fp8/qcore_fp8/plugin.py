@@ -105,6 +105,15 @@ def create_quantized_param(module_name, module, tensors, config, device, pre_qua
 
 
 @qcore.hookimpl
+def process_after_weight_loading(model):
+    from qcore.int4 import decode_float_linears
+
+    from .ops import OPS
+
+    decode_float_linears(model, OPS)  # the float head's decode on the float32 GEMV
+
+
+@qcore.hookimpl
 def module_state_dict(module):
     return module.checkpoint_tensors()
 

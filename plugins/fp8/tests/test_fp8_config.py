@@ -45,12 +45,14 @@ def test_ignored_layers_is_an_alias_of_modules_to_not_convert():
 
 
 def test_ignored_layers_keeps_those_layers_in_float(tmp_path):
+    from qcore.int4 import FloatDecodeLinear
     from qcore.testdata import tiny_llama
     from qcore_fp8.linear import Fp8Linear
 
     tiny_llama().save_pretrained(tmp_path)
     model = qcore.load_quantized(tmp_path, {"quant_method": "fp8", "ignored_layers": ["down_proj", "lm_head"]}, progress=False)
-    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    kept = model.model.layers[0].mlp.down_proj
+    assert type(kept) is FloatDecodeLinear and kept.weight.dtype == torch.float32  # float, on the float32 GEMV
     assert isinstance(model.model.layers[0].mlp.up_proj, Fp8Linear)
 
 

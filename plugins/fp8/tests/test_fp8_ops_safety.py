@@ -1,30 +1,26 @@
 """torch.ops.qcore_fp8.{gemv, dequantize} refuse bad tensors with KernelArgumentError before a pointer reaches C.
 
-The bad calls (fp8_misuse.py) run in a subprocess: one that reached C with a wrong size could crash the
-interpreter, which in-process would take pytest down instead of failing one test.
+The bad calls (qcore.fp8_misuse, shared with every plugin built on qcore's FP8 kernel) run in a subprocess:
+one that reached C with a wrong size could crash the interpreter, which in-process would take pytest down
+instead of failing one test.
 """
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from qcore import fp8_misuse
+from qcore.testing import LookupOpsSafety
 from qcore_fp8 import ops
+
+NAMES = ("gemv", "dequantize")
 
 
 @pytest.mark.skipif(ops.library() is None, reason="the plugin was installed without its compiled kernels")
 def test_wrong_sizes_strides_dtypes_and_lying_buffers_raise_and_never_crash():
-    import fp8_misuse
-
-    script = Path(__file__).with_name("fp8_misuse.py")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    lines = proc.stdout.splitlines()
-    cases = fp8_misuse.misuse_cases()
+    lines = fp8_misuse.run_in_subprocess("qcore_fp8", "qcore_fp8", NAMES).splitlines()
+    cases = fp8_misuse.misuse_cases("qcore_fp8", NAMES)
     valid = sum(name.startswith("valid") for name, _ in cases)
-    assert "ACCEPTED" not in proc.stdout, proc.stdout
+    assert not any(ln.startswith("ACCEPTED") for ln in lines), lines
     assert sum(ln.startswith("ok valid") for ln in lines) == valid
     assert sum(ln.startswith("raised") for ln in lines) == len(cases) - valid >= 50
     assert lines[-1] == "alive"
@@ -59,3 +55,10 @@ def test_opcheck(op):
     result = torch.library.opcheck(getattr(torch.ops.qcore_fp8, op), _args(op),
                                    test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
     assert set(result.values()) == {"SUCCESS"}
+
+
+class TestLookupOpsSafety(LookupOpsSafety):
+    """The binary also builds qcore's lookup header (its float32 GEMV serves the layers left in float): the
+    shared crash tests of those ops."""
+
+    package = "qcore_fp8"

@@ -35,21 +35,24 @@ class TorchAoLinear(nn.Linear):
 
     def _kernel(self) -> Any:
         """The CPU decode kernel for the current weight (built once per weight), or None."""
-        inner = getattr(self.weight, "qdata", None)
+        weight = self._parameters["weight"]  # (what self.weight returns, without nn.Module's __getattr__: per token)
+        inner = getattr(weight, "qdata", None)
         if inner is None:
             return None
-        if self._cpu_kernel is None or self._cpu_kernel[0] is not inner:
-            self._cpu_kernel = (inner, kernels.cpu_kernel_for(self.weight))
-        return self._cpu_kernel[1]
+        cached = self._cpu_kernel
+        if cached is None or cached[0] is not inner:
+            cached = self._cpu_kernel = (inner, kernels.cpu_kernel_for(weight))
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cpu and type(self.weight).__name__ == "Int4Tensor":
+        if x.is_cpu and type(self._parameters["weight"]).__name__ == "Int4Tensor":
             return self._int4_cpu(x)  # torchao has no CPU kernel for Int4Tensor (its linear is mslk's CUDA op)
         if self.fast_cpu and x.is_cpu and not (torch.is_grad_enabled() and x.requires_grad):
             kernel = self._kernel()
             if kernel is not None and x.numel() // x.shape[-1] <= kernels.DECODE_ROWS:
                 y = kernel.matmul(x)
-                return y if self.bias is None else y + self.bias
+                if y is not None:  # (None: not for this dtype of x)
+                    return y if self.bias is None else y + self.bias
         return nn.functional.linear(x, self.weight, self.bias)
 
     def _int4_cpu(self, x: torch.Tensor) -> torch.Tensor:

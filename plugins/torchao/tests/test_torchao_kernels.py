@@ -94,8 +94,58 @@ def test_layer_uses_the_kernel_for_decode_rows_only(preset, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("preset", ["torchao-int8dq", "torchao-fp8wo"])
-def test_no_kernel_where_torchao_semantics_differ(preset):
-    assert kernels.cpu_kernel_for(_torchao_weight(preset)) is None
+def test_float32_only_kernels_leave_16_bit_models_to_torchao(preset):
+    assert kernels.cpu_kernel_for(_torchao_weight(preset, dtype=torch.bfloat16)) is None
+
+
+def test_int8_dynamic_activations_quantize_x_exactly_as_torchao():
+    """The int8dq decode path quantizes x itself (torchao's from_hp takes ~180 us a call): its codes and
+    scales must be torchao's, bit for bit, including an all-zero row (the eps clamp) and outliers."""
+    from torchao.quantization import MappingType, PerRow
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 1536, generator=g) * torch.logspace(-6, 3, 8).unsqueeze(1)
+    x[2] = 0
+    x[3, 7] = 1e4
+    x[4] = -x[4].abs()  # all negative
+    ours_q, seen = [], {}
+    original = int4.Int8RowWeight.matmul
+
+    def spy(self, q):
+        seen["q"] = q
+        return original(self, q)
+
+    weight = _torchao_weight("torchao-int8dq", in_features=1536)
+    kernel = kernels.cpu_kernel_for(weight)
+    assert type(kernel).__name__ == "Int8DynamicWeight"
+    import unittest.mock
+
+    with unittest.mock.patch.object(int4.Int8RowWeight, "matmul", spy):
+        for row in x:
+            kernel.matmul(row.view(1, -1))
+            ours_q.append(seen["q"].clone())
+    theirs = Int8Tensor.from_hp(x, PerRow(), mapping_type=MappingType.SYMMETRIC)
+    assert torch.equal(torch.cat(ours_q), theirs.qdata.float())  # the scales are the next test's (end to end)
+
+
+@pytest.mark.parametrize("preset,kernel,tolerance", [
+    ("torchao-int8dq", "Int8DynamicWeight", 1e-6),  # the same integers and scales; float32 order differs
+    ("torchao-fp8wo", "Fp8RowWeight", 1e-5),  # exact weights, float32 accumulation
+])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_float32_kernels_match_torchaos_own_linear(preset, kernel, tolerance, rows):
+    weight = _torchao_weight(preset, in_features=1536)
+    layer = TorchAoLinear(1536, 96, bias=True, device="meta")
+    layer.set_weight(weight)
+    layer.bias = nn.Parameter(torch.randn(96), requires_grad=False)
+    x = torch.randn(rows, 1536)
+    with torch.no_grad():
+        ours = layer(x)
+        layer.fast_cpu = False
+        theirs = layer(x)  # torchao's own path
+    assert type(layer._kernel()).__name__ == kernel
+    torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance * theirs.abs().max().item())
 
 
 def test_fast_path_can_be_switched_off():
@@ -107,7 +157,7 @@ def test_fast_path_can_be_switched_off():
         assert torch.equal(layer(x), nn.functional.linear(x, layer.weight))
 
 
-@pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32"])
+@pytest.mark.parametrize("preset", ["torchao-int8wo", "torchao-intx4-g32", "torchao-int8dq", "torchao-fp8wo"])
 def test_decoding_with_the_kernels_then_saving_gives_the_same_checkpoint(preset, float_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -1,8 +1,9 @@
-"""Bad calls of torch.ops.qcore_fp8.{gemv, dequantize}, for the crash test (test_fp8_ops_safety.py).
+"""Bad calls of a plugin's FP8 ops (:func:`qcore.fp8.register_ops`), for its crash tests (docs/kernels.md,
+"Memory safety").
 
-Run as a script (``python fp8_misuse.py``) in a fresh interpreter: each bad call must raise
-KernelArgumentError before a pointer reaches C; one that reached C could crash the process, which the
-test sees as a dead subprocess. Prints ``ok <case>``, ``raised <case> | <message>`` or ``ACCEPTED <case>``.
+:func:`run_in_subprocess` runs them in a fresh interpreter: each bad call must raise KernelArgumentError
+before a pointer reaches C; one that reached C could crash the process, which the test sees as a dead
+subprocess. It prints ``ok <case>``, ``raised <case> | <message>`` or ``ACCEPTED <case>``, then ``alive``.
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ def strided(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([t, t], dim=-1)[..., 0]
 
 
-def misuse_cases() -> list[tuple[str, Callable[[], object]]]:
-    ops = torch.ops.qcore_fp8
+def misuse_cases(namespace: str, names: tuple[str, str] = ("fp8_gemv", "fp8_dequantize")) -> list[tuple[str, Callable[[], object]]]:
+    """The calls of ``torch.ops.<namespace>.<names[0]>`` (GEMV) and ``<names[1]>`` (dequantize); ``("valid ...",
+    call)`` entries must succeed (they prove the cases reach the ops at all)."""
+    ops = getattr(torch.ops, namespace)
+    op_gemv, op_dequantize = (getattr(ops, name) for name in names)
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(N, K, generator=g) * 10).to(FP8)
     inv, x = torch.rand(2, 3, generator=g) + 0.1, torch.randn(M, K, generator=g)
 
     def gemv(**kw):
         a = {"x": x, "w": w, "s": inv, "bn": BN, "bk": BK, **kw}
-        return lambda: ops.gemv(a["x"], a["w"], a["s"], a["bn"], a["bk"])
+        return lambda: op_gemv(a["x"], a["w"], a["s"], a["bn"], a["bk"])
 
     def deq(**kw):
         a = {"w": w, "s": inv, "bn": BN, "bk": BK, "out": torch.empty(N, K), **kw}
-        return lambda: ops.dequantize(a["w"], a["s"], a["bn"], a["bk"], a["out"])
+        return lambda: op_dequantize(a["w"], a["s"], a["bn"], a["bk"], a["out"])
 
     return [
         ("valid gemv", gemv()), ("valid gemv 8 rows", gemv(x=torch.randn(8, K))),
@@ -100,24 +104,38 @@ def misuse_cases() -> list[tuple[str, Callable[[], object]]]:
     ]
 
 
-def main() -> None:
-    import qcore_fp8.ops as fp8_ops
-    from qcore.native import KernelArgumentError
+_SUBPROCESS = """
+import {package}.ops as ops
+from qcore import fp8_misuse
+from qcore.native import KernelArgumentError
 
-    assert fp8_ops.library() is not None, "the compiled kernels are missing"
-    for name, call in misuse_cases():
-        if name.startswith("valid"):
-            call()
-            print("ok", name, flush=True)
-            continue
-        try:
-            call()
-        except KernelArgumentError as exc:
-            print("raised", name, "|", str(exc).splitlines()[0], flush=True)
-        else:
-            print("ACCEPTED", name, flush=True)
-    print("alive", flush=True)
+assert ops.library() is not None, "the compiled kernels are missing"
+for name, call in fp8_misuse.misuse_cases({namespace!r}, {names!r}):
+    if name.startswith("valid"):
+        call()
+        print("ok", name, flush=True)
+        continue
+    try:
+        call()
+    except KernelArgumentError as exc:
+        print("raised", name, "|", str(exc).splitlines()[0], flush=True)
+    else:
+        print("ACCEPTED", name, flush=True)
+print("alive", flush=True)
+"""
 
 
-if __name__ == "__main__":
-    main()
+def run_in_subprocess(package: str, namespace: str, names: tuple[str, str] = ("fp8_gemv", "fp8_dequantize"),
+                      timeout: float = 120) -> str:
+    """Run every case in a fresh interpreter that imports ``<package>.ops`` (which registers the ops).
+
+    :returns: its output, one line per case, then ``alive``.
+    :raises AssertionError: when the interpreter died (a bad call reached C).
+    """
+    import subprocess
+    import sys
+
+    code = _SUBPROCESS.format(package=package, namespace=namespace, names=tuple(names))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout

@@ -91,8 +91,7 @@ def plugin_ops(namespace: str, prefix: str,
                more_signatures: Callable[[], dict[str, tuple]] | None = None) -> KernelOps:
     """Register the lookup ops of a plugin whose ``_kernels`` binary is ``QC_LUT4_EXPORTS(prefix)`` (its
     ``ops.py`` calls this once): ``torch.ops.<namespace>.{lut4_gemm, lut4_gemm_affine, lut4_gemm_q8, lut4_dequantize,
-    int8_gemm}``,
-    checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
+    int8_gemm, f32_gemm}``, checked before any pointer reaches C; the binary is loaded on first use (None, warned once, without it:
     the ops run their torch definitions and this module picks torch's own int4 GEMM where it can;
     ``what_instead`` names that path in the warning). ``more_signatures``: the ctypes signatures of whatever else
     the binary exports (e.g. :func:`qcore.fp8.signatures` for ``QC_FP8_EXPORTS``), set on the same load."""

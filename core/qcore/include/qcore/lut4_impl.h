@@ -238,50 +238,40 @@ static void QC_V(qc_lut4_gemm)(const float *x, int64_t M, int64_t K, const uint8
     free(xp);
 }
 
+/* The dot product of one row of W (element type T, loaded as floats by vload) with one row of x, over K values:
+ * two accumulators, then a scalar tail. row_dot_i8 for the int8 GEMV, row_dot_f32 for the float32 one. */
+#define QC_ROW_DOT(name, T, vload)                                                                                     \
+    static inline float QC_V(name)(const T *row, const float *xm, int64_t K) {                                         \
+        const int64_t kv = K - K % QC_SIMD;                                                                            \
+        vec s0 = v_zero(), s1 = v_zero();                                                                              \
+        int64_t k = 0;                                                                                                 \
+        for (; k + 2 * QC_SIMD <= kv; k += 2 * QC_SIMD) {                                                              \
+            s0 = v_fma(vload(row + k), v_load(xm + k), s0);                                                            \
+            s1 = v_fma(vload(row + k + QC_SIMD), v_load(xm + k + QC_SIMD), s1);                                        \
+        }                                                                                                              \
+        for (; k < kv; k += QC_SIMD) s0 = v_fma(vload(row + k), v_load(xm + k), s0);                                   \
+        float acc = v_sum(v_add(s0, s1));                                                                              \
+        for (; k < K; k++) acc += (float)row[k] * xm[k];                                                               \
+        return acc;                                                                                                    \
+    }
+QC_ROW_DOT(row_dot_i8, int8_t, v_load_i8)
+QC_ROW_DOT(row_dot_f32, float, v_load)
+#undef QC_ROW_DOT
+
 static void QC_V(qc_int8_gemm)(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scales, int64_t N,
                                float *y, int threads) {
-    const int64_t kv = K - K % QC_SIMD;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n++) {
-        const int8_t *row = w + n * K;
-        for (int64_t m = 0; m < M; m++) {
-            const float *xm = x + m * K;
-            vec s0 = v_zero(), s1 = v_zero();
-            int64_t k = 0;
-            for (; k + 2 * QC_SIMD <= kv; k += 2 * QC_SIMD) {
-                s0 = v_fma(v_load_i8(row + k), v_load(xm + k), s0);
-                s1 = v_fma(v_load_i8(row + k + QC_SIMD), v_load(xm + k + QC_SIMD), s1);
-            }
-            for (; k < kv; k += QC_SIMD) s0 = v_fma(v_load_i8(row + k), v_load(xm + k), s0);
-            float acc = v_sum(v_add(s0, s1));
-            for (; k < K; k++) acc += (float)row[k] * xm[k];
-            y[m * N + n] = acc * scales[n];
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = QC_V(row_dot_i8)(w + n * K, x + m * K, K) * scales[n];
 }
 
 /* y (M, N) = x (M, K) @ W.T, W float32 (N, K) row-major: an unquantized layer (a float output head) at decode */
 static void QC_V(qc_f32_gemm)(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y, int threads) {
-    const int64_t kv = K - K % QC_SIMD;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n++) {
-        const float *row = w + n * K;
-        for (int64_t m = 0; m < M; m++) {
-            const float *xm = x + m * K;
-            vec s0 = v_zero(), s1 = v_zero();
-            int64_t k = 0;
-            for (; k + 2 * QC_SIMD <= kv; k += 2 * QC_SIMD) {
-                s0 = v_fma(v_load(row + k), v_load(xm + k), s0);
-                s1 = v_fma(v_load(row + k + QC_SIMD), v_load(xm + k + QC_SIMD), s1);
-            }
-            for (; k < kv; k += QC_SIMD) s0 = v_fma(v_load(row + k), v_load(xm + k), s0);
-            float acc = v_sum(v_add(s0, s1));
-            for (; k < K; k++) acc += row[k] * xm[k];
-            y[m * N + n] = acc;
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = QC_V(row_dot_f32)(w + n * K, x + m * K, K);
 }
 
 #undef QC_SIMD

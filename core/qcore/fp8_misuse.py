@@ -104,38 +104,16 @@ def misuse_cases(namespace: str, names: tuple[str, str] = ("fp8_gemv", "fp8_dequ
     ]
 
 
-_SUBPROCESS = """
-import {package}.ops as ops
-from qcore import fp8_misuse
-from qcore.native import KernelArgumentError
-
-assert ops.library() is not None, "the compiled kernels are missing"
-for name, call in fp8_misuse.misuse_cases({namespace!r}, {names!r}):
-    if name.startswith("valid"):
-        call()
-        print("ok", name, flush=True)
-        continue
-    try:
-        call()
-    except KernelArgumentError as exc:
-        print("raised", name, "|", str(exc).splitlines()[0], flush=True)
-    else:
-        print("ACCEPTED", name, flush=True)
-print("alive", flush=True)
-"""
-
-
 def run_in_subprocess(package: str, namespace: str, names: tuple[str, str] = ("fp8_gemv", "fp8_dequantize"),
                       timeout: float = 120) -> str:
-    """Run every case in a fresh interpreter that imports ``<package>.ops`` (which registers the ops).
+    """Run every case in a fresh interpreter that imports ``<package>.ops`` (which registers the ops), through
+    :func:`qcore.lut4_misuse.run_cases_in_subprocess`: one line per case, then ``alive``."""
+    from qcore.lut4_misuse import run_cases_in_subprocess
 
-    :returns: its output, one line per case, then ``alive``.
-    :raises AssertionError: when the interpreter died (a bad call reached C).
-    """
-    import subprocess
-    import sys
+    return run_cases_in_subprocess(f"""
+import {package}.ops as ops
+from qcore import fp8_misuse
 
-    code = _SUBPROCESS.format(package=package, namespace=namespace, names=tuple(names))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+assert ops.library() is not None, "the compiled kernels are missing"
+cases = fp8_misuse.misuse_cases({namespace!r}, {tuple(names)!r})
+""", timeout)

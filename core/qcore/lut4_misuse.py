@@ -166,14 +166,11 @@ def _shrunk(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-_SUBPROCESS = """
-import {package}.ops as ops
-from qcore import lut4_misuse
+_RUNNER = """
 from qcore.native import KernelArgumentError
 
-assert ops.library() is not None, "the compiled kernels are missing"
-kernel_ops = getattr(ops, "OPS", None)
-for name, call in lut4_misuse.misuse_cases("{package}", kernel_ops.impl["bind"] if kernel_ops is not None else None):
+{prelude}
+for name, call in cases:
     if name.startswith("valid"):
         call()
         print("ok", name, flush=True)
@@ -184,19 +181,35 @@ for name, call in lut4_misuse.misuse_cases("{package}", kernel_ops.impl["bind"] 
         print("raised", name, "|", str(exc).splitlines()[0], flush=True)
     else:
         print("ACCEPTED", name, flush=True)
+print("alive", flush=True)
 """
 
 
-def run_in_subprocess(package: str, timeout: float = 120) -> str:
-    """Run every misuse case of ``package`` (whose ``ops`` module registers the ops) in a fresh interpreter.
+def run_cases_in_subprocess(prelude: str, timeout: float = 120) -> str:
+    """Run misuse cases in a fresh interpreter: ``prelude`` (Python source) registers the ops and sets
+    ``cases`` (``[(name, call)]``); every ``valid ...`` call must succeed, every other one is reported.
 
-    :returns: one line per case: ``ok valid ...``, ``raised <case> | <message>`` or ``ACCEPTED <case>``.
+    :returns: one line per case: ``ok valid ...``, ``raised <case> | <message>`` or ``ACCEPTED <case>``, then
+        ``alive``.
     :raises AssertionError: when the interpreter died (a bad call reached C).
     """
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _SUBPROCESS.format(package=package)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _RUNNER.format(prelude=prelude)], capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"the subprocess died (return code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def run_in_subprocess(package: str, timeout: float = 120) -> str:
+    """Run every misuse case of ``package`` (whose ``ops`` module registers the ops) in a fresh interpreter
+    (:func:`run_cases_in_subprocess`)."""
+    return run_cases_in_subprocess(f"""
+import {package}.ops as ops
+from qcore import lut4_misuse
+
+assert ops.library() is not None, "the compiled kernels are missing"
+kernel_ops = getattr(ops, "OPS", None)
+cases = lut4_misuse.misuse_cases("{package}", kernel_ops.impl["bind"] if kernel_ops is not None else None)
+""", timeout)

@@ -45,16 +45,26 @@ def signatures(prefix: str) -> dict[str, tuple]:
     }
 
 
+def scale_in_place(w32: torch.Tensor, scales: torch.Tensor, block_size: tuple[int, int] | None) -> torch.Tensor:
+    """``w32 (N, K)`` float32 holding the FP8 values, multiplied in place by the float32 scales of each
+    ``block_size`` block (None: one scale for the tensor); edge blocks cover the rows/columns that exist."""
+    if block_size is None:
+        return w32.mul_(scales.reshape(()))
+    bn, bk = block_size
+    rows, cols = w32.shape
+    row_scales = scales.repeat_interleave(bn, dim=0)[:rows]  # (N, ceil(K/bk)): small
+    full = cols // bk
+    if full:
+        w32[:, : full * bk].unflatten(1, (full, bk)).mul_(row_scales[:, :full, None])
+    if full * bk < cols:
+        w32[:, full * bk:].mul_(row_scales[:, full:full + 1])
+    return w32
+
+
 def torch_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] | None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``float32(weight) * scale_inv`` per ``block_size`` block (None: one scale), rounded once to ``dtype``."""
-    w = weight.to(torch.float32)
-    if block_size is None:
-        w.mul_(scale_inv.float().reshape(()))
-    else:
-        n, k = w.shape
-        bn, bk = block_size
-        w.mul_(scale_inv.float().repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k])
+    w = scale_in_place(weight.to(torch.float32), scale_inv.float(), block_size)
     return w if dtype == torch.float32 else w.to(dtype)
 
 

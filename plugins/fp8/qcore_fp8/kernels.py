@@ -19,6 +19,7 @@ import threading
 import torch
 
 from qcore.errors import NonFiniteWeightError
+from qcore.fp8 import scale_in_place
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
@@ -108,25 +109,10 @@ def quantize_blockwise(weight: torch.Tensor, block_size: tuple[int, int] | None,
     return q, inv_all
 
 
-def _scale_weight_in_place(w32: torch.Tensor, scales: torch.Tensor, block_size: tuple[int, int] | None) -> torch.Tensor:
-    """``w32 (N, K)`` float32 holding the FP8 values, multiplied in place by the float32 block scales."""
-    if block_size is None:
-        return w32.mul_(scales.reshape(()))
-    bn, bk = block_size
-    rows, cols = w32.shape
-    row_scales = scales.repeat_interleave(bn, dim=0)[:rows]  # (N, ceil(K/bk)): small
-    full = cols // bk
-    if full:
-        w32[:, : full * bk].unflatten(1, (full, bk)).mul_(row_scales[:, :full, None])
-    if full * bk < cols:
-        w32[:, full * bk:].mul_(row_scales[:, full:full + 1])
-    return w32
-
-
 def dequantize_blockwise(q: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] | None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``float8_e4m3fn (N, K)`` + scales -> ``dtype (N, K)``: ``float32(q) * float32(scale)``, rounded once to ``dtype``."""
-    w32 = _scale_weight_in_place(q.to(torch.float32), scales_to_float32(scale_inv), block_size)
+    w32 = scale_in_place(q.to(torch.float32), scales_to_float32(scale_inv), block_size)
     return w32 if dtype == torch.float32 else w32.to(dtype)
 
 
@@ -175,7 +161,7 @@ def dequantize_into_scratch(q: torch.Tensor, scale_inv: torch.Tensor, block_size
         torch.index_select(_e4m3_values(), 0, codes.view(-1), out=w32.view(-1))
     else:
         w32.copy_(q)
-    _scale_weight_in_place(w32, scales_to_float32(scale_inv), block_size)
+    scale_in_place(w32, scales_to_float32(scale_inv), block_size)
     if dtype == torch.float32:
         return w32
     out = SCRATCH.get(tuple(q.shape), dtype, q.device)

@@ -332,6 +332,16 @@ class PluginConformance:
                 assert info.value is not None, f"{victim} with the wrong {how} loaded silently"
 
 
+def without_native_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the rest of a test, run as a plugin installed without a C compiler: ``QCORE_NATIVE=0`` and the
+    loaded-library cache emptied (both restored by ``monkeypatch``), so every plugin's ops run their torch
+    definitions."""
+    from qcore import native
+
+    monkeypatch.setenv("QCORE_NATIVE", "0")
+    monkeypatch.setattr(native, "_loaded", {})
+
+
 class LookupOpsSafety:
     """The crash tests of a plugin whose binary builds the shared lookup kernels (``QC_LUT4_EXPORTS``) and whose
     ``<package>.ops`` registers them under ``torch.ops.<package>`` (docs/kernels.md, "Memory safety").

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from qcore import lut4
+from qcore.testing import without_native_kernels
 from qcore_bnb import kernels
 
 
@@ -117,13 +118,11 @@ def _variants():
 @pytest.fixture(params=_variants())
 def variant(request, monkeypatch):
     """Runs the test with the binary capped at one ISA ("portable", "avx2", "avx512"), or without it ("torch")."""
-    from qcore import native
     from qcore_bnb import ops
 
     lib = ops.library()
     if request.param == "torch":
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
         assert ops.library() is None and ops.isa() == "torch"
     else:
         lib.qcbnb_set_isa_cap(lut4.ISA_NAMES.index(request.param))
@@ -211,13 +210,11 @@ def test_native_f32_gemm_matches_float64(variant, rows, k):
 def test_float_layers_left_unquantized_decode_on_the_float32_gemv(monkeypatch, fallback):
     from torch import nn
 
-    from qcore import native
     from qcore.int4 import FloatDecodeLinear, decode_float_linears
     from qcore_bnb import ops
 
     if fallback:
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
     torch.manual_seed(6)
     emb, head, side = nn.Embedding(50, 64), nn.Linear(64, 50, bias=False), nn.Linear(64, 30)
     head.weight = emb.weight  # tied, as an output head usually is
@@ -262,14 +259,12 @@ def test_the_binary_was_built_at_install_and_dispatches_at_run_time():
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["native", "torch"])
 def test_linear_uses_the_kernels_and_agrees_with_the_reference(monkeypatch, fallback):
-    from qcore import native
     from qcore_bnb import ops
     from qcore_bnb.format import QuantState4bit
     from qcore_bnb.linear import Linear4bit
 
     if fallback:
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
     torch.manual_seed(5)
     w, b = torch.randn(96, 128), torch.randn(96)
     packed, absmax = kernels.quantize_4bit(w, 64, "nf4")

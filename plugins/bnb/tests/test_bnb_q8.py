@@ -10,7 +10,8 @@ import bitsandbytes.functional as bnbF
 import pytest
 import torch
 
-from qcore import lut4, native
+from qcore import lut4
+from qcore.testing import without_native_kernels
 from qcore_bnb import ops
 
 
@@ -28,8 +29,7 @@ def _variants():
 def variant(request, monkeypatch):
     lib = ops.library()
     if request.param == "torch":
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
     else:
         lib.qcbnb_set_isa_cap({"portable": 0, "avx2": 1, "avx512vnni": 3}[request.param])
         assert lut4.ISA_NAMES[lib.qcbnb_q8_isa()] == request.param

@@ -22,11 +22,10 @@ LAYOUTS = [(256, 128, False), (576, 128, False), (576, 128, True), (192, 64, Tru
 @pytest.mark.parametrize(("kernel", "in_features", "group_size", "desc_act"),
                          [("Int4LutWeight", *lay) for lay in LAYOUTS] + [("Int4CpuWeight", *lay) for lay in LAYOUTS[:-1]])
 def test_int4_cpu_kernels_match_the_reference(monkeypatch, kernel, in_features, group_size, desc_act):
-    from qcore import native
+    from qcore.testing import without_native_kernels
 
     if kernel == "Int4CpuWeight":  # what a plugin installed without a C compiler gets
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
     torch.manual_seed(0)
     W = torch.randn(48, in_features)
     X = torch.randn(256, in_features)

@@ -43,11 +43,10 @@ def test_int4_gemm_matches_reference(monkeypatch, kernel, dtype, rows):
     """The lookup kernel accumulates in float32 (the float zero folded as s*z*sum(x)): float32 outputs agree
     with a float64 product to float32 rounding. Without the binary (Int4PackWeight), torch's int4 GEMM
     computes in bfloat16: as close as a bfloat16 dense layer would be."""
-    from qcore import native
+    from qcore.testing import without_native_kernels
 
     if kernel == "Int4PackWeight":  # what a plugin installed without a C compiler gets
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(native, "_loaded", {})
+        without_native_kernels(monkeypatch)
     layer, W_q, scale, zero, meta = make_layer(128, 192, group_size=64)
     x = torch.randn(rows, 192, dtype=dtype)
     with torch.no_grad():

@@ -23,6 +23,7 @@ from torch import nn
 
 import qcore
 from qcore.errors import ConfigError
+from qcore.testing import without_native_kernels
 from qcore_torchao import int4_plain
 from qcore_torchao.linear import TorchAoLinear
 
@@ -256,12 +257,10 @@ def test_int4_group_size_that_does_not_divide_a_layer_is_refused(float_dir):
 def test_linear_on_qcore_kernels_matches_the_reference(monkeypatch, native, rows):
     """TorchAoLinear holding an Int4Tensor: the lookup kernel (float32), or without the binary torch's int4 GEMM
     in bfloat16 up to 8 rows and dequantize + matmul past that; bias added."""
-    from qcore import native as qnative
     from qcore.testing import relative_error
 
     if not native:  # what a plugin installed without a C compiler gets
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(qnative, "_loaded", {})
+        without_native_kernels(monkeypatch)
     g = torch.Generator().manual_seed(3)
     w = torch.randn(48, 128, generator=g)
     linear = TorchAoLinear(128, 48, bias=True)

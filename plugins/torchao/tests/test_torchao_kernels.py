@@ -13,7 +13,7 @@ from torch import nn
 
 import qcore
 from qcore import int4
-from qcore.testing import relative_error
+from qcore.testing import relative_error, without_native_kernels
 from qcore_torchao import kernels
 from qcore_torchao.linear import TorchAoLinear
 from qcore_torchao.ops import OPS
@@ -46,11 +46,9 @@ def test_int8_rowwise_kernel_matches_the_reference(rows):
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("native", [True, False])
 def test_int4_grouped_kernel_matches_the_reference_with_zero_points(monkeypatch, native, group, rows):
-    from qcore import native as qnative
 
     if not native:  # what a plugin installed without a C compiler gets
-        monkeypatch.setenv("QCORE_NATIVE", "0")
-        monkeypatch.setattr(qnative, "_loaded", {})
+        without_native_kernels(monkeypatch)
     g = torch.Generator().manual_seed(2)
     qdata = torch.randint(-8, 8, (64, 256), generator=g, dtype=torch.int8)
     scale = torch.rand(64, 256 // group, generator=g) / 10
